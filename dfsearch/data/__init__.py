@@ -1,0 +1,1 @@
+"""Data: discover real layouts, synthesise the embedded benchmark, load images for training."""

@@ -1,0 +1,321 @@
+"""Greedy ensemble selection: behaviour on crafted prediction sets, tie-breaking, bad input."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dfsearch.ensemble import align, evaluate, format_summary, rank_candidates, run_ensemble, select
+from dfsearch.errors import DfsearchError
+from dfsearch.store import candidate_row, predictions_frame, write_candidates, write_predictions
+
+STRONG = ["strong_a", "strong_b", "strong_c", "strong_d"]
+
+
+def _split_probs(rng, y, hard, kind):
+    """Probabilities of fake for one candidate on one split.
+
+    strong: confident and right off the hard subset, wrong (but not very confident) on it -- all
+    strong candidates share the same hard subset, so their average makes the same mistakes.
+    complement: right exactly on the hard subset, mildly wrong on 40% of the rest.
+    noise: a coin flip.
+    """
+    n = len(y)
+    if kind == "strong":
+        p_true = np.where(hard, rng.uniform(0.25, 0.40, n), rng.uniform(0.75, 0.95, n))
+    elif kind == "complement":
+        wrong = ~hard & (rng.random(n) < 0.4)
+        p_true = np.where(hard, rng.uniform(0.80, 0.95, n),
+                          np.where(wrong, rng.uniform(0.30, 0.45, n), rng.uniform(0.55, 0.70, n)))
+    else:
+        p_true = rng.uniform(0.3, 0.7, n)
+    return np.where(y == 1, p_true, 1 - p_true)
+
+
+def _crafted_store(folder, *, extra=None, seed=0, n=400):
+    """Four strong-but-correlated candidates, one complementary weaker one, two noise ones."""
+    rng = np.random.default_rng(seed)
+    frames, rows = [], []
+    splits = {}
+    for split in ("val", "test"):
+        y = (rng.random(n) < 0.5).astype(np.int8)
+        hard = rng.random(n) < 0.25
+        splits[split] = (y, hard)
+    kinds = {**{c: "strong" for c in STRONG}, "complement": "complement", "noise_1": "noise",
+             "noise_2": "noise"}
+    for cand, kind in kinds.items():
+        for split, (y, hard) in splits.items():
+            probs = _split_probs(rng, y, hard, kind)
+            if extra and cand in extra:
+                probs = extra[cand](split, probs, y)
+            ids = [f"{split}/img_{j:04d}.jpg" for j in range(n)]
+            frames.append(predictions_frame(cand, split, ids, y, probs))
+        rows.append(candidate_row(cand, cand, f"arch_{kind}", {"lr": 0.1}, {"val_acc": 0.0},
+                                  f"/ckpt/{cand}"))
+    write_predictions(pd.concat(frames, ignore_index=True), folder)
+    write_candidates(rows, folder)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# the point of greedy selection: it finds the complementary candidate
+
+
+def test_greedy_picks_the_complementary_candidate_and_wins_on_test(tmp_path):
+    store = _crafted_store(tmp_path / "store")
+    res = run_ensemble(store, top_k=2, rounds=20, out_dir=tmp_path / "out")
+
+    names = [m["candidate"] for m in res["members"]]
+    assert "complement" in names
+    assert len(names) == 2  # <= top_k distinct
+    assert sum(m["weight"] for m in res["members"]) == pytest.approx(1.0)
+    assert {m["arch"] for m in res["members"]} <= {"arch_strong", "arch_complement"}
+    assert all(m["checkpoint"] == f"/ckpt/{m['candidate']}" for m in res["members"])
+
+    # weights are selection counts over the kept prefix
+    kept = res["trajectory"][: res["best_round"]]
+    for m in res["members"]:
+        count = sum(r["candidate"] == m["candidate"] for r in kept)
+        assert m["weight"] == pytest.approx(count / res["best_round"])
+    assert len({r["candidate"] for r in res["trajectory"]}) <= 2
+
+    ens, single, naive = (res[k]["test"]["accuracy"] for k in ("ensemble", "best_single", "naive_top_k"))
+    assert res["best_single"]["candidate"] in STRONG
+    assert set(res["naive_top_k"]["candidates"]) <= set(STRONG)
+    assert naive <= single + 0.02  # averaging correlated models does not help ...
+    assert ens >= single + 0.05 and ens >= naive + 0.05  # ... adding the complementary one does
+    # the trajectory's best val score is the ensemble's val accuracy
+    assert res["trajectory"][res["best_round"] - 1]["val_score"] == pytest.approx(
+        res["ensemble"]["val"]["accuracy"])
+
+
+def test_outputs_written(tmp_path):
+    store = _crafted_store(tmp_path / "store", n=200)
+    out = tmp_path / "out"
+    res = run_ensemble(store, top_k=4, rounds=10, out_dir=out)
+    on_disk = json.loads((out / "ensemble.json").read_text())
+    for key in ("members", "metric", "top_k", "rounds", "trajectory", "ensemble", "best_single",
+                "naive_top_k", "source"):
+        assert key in on_disk
+    assert on_disk == res
+    assert on_disk["source"] == str(store)
+    assert set(on_disk["ensemble"]) == {"val", "test"}
+    assert {"accuracy", "roc_auc", "log_loss", "confusion_matrix"} <= set(on_disk["ensemble"]["test"])
+    assert set(on_disk["members"][0]) == {"candidate", "arch", "checkpoint", "weight"}
+    assert len(on_disk["trajectory"]) == 10
+    for png in ("roc.png", "confusion.png", "trajectory.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    text = format_summary(res)
+    assert "complement" in text and "best single" in text and "naive top-4" in text
+
+
+def test_without_candidates_file_arch_is_null_and_nbest_limits_pool(tmp_path):
+    store = _crafted_store(tmp_path / "store", n=200)
+    (store / "candidates.parquet").unlink()
+    res = run_ensemble(store, top_k=3, rounds=5, metric="log_loss", nbest=3, out_dir=tmp_path / "o")
+    assert res["pool_size"] == 3
+    assert all(m["arch"] is None and m["checkpoint"] is None for m in res["members"])
+    # the complementary candidate is individually weak: nbest=3 keeps strong ones only
+    assert all(m["candidate"] in STRONG for m in res["members"])
+
+
+def test_roc_auc_metric_runs(tmp_path):
+    store = _crafted_store(tmp_path / "store", n=120)
+    res = run_ensemble(store, top_k=2, rounds=4, metric="roc_auc", out_dir=tmp_path / "o")
+    assert res["metric"] == "roc_auc"
+    assert res["trajectory"][0]["val_score"] <= res["ensemble"]["val"]["roc_auc"] + 1e-12
+
+
+def test_vectorised_auc_matches_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(300) < 0.4).astype(np.int8)
+    P = np.round(rng.random((5, 300)), 1).astype(np.float32)  # many ties
+    order = rank_candidates(P, y, "roc_auc")
+    aucs = [roc_auc_score(y, p) for p in P]
+    assert aucs[order[0]] == pytest.approx(max(aucs))
+    sel = select(P, y, top_k=1, rounds=1, metric="roc_auc")
+    assert sel.trajectory[0]["val_score"] == pytest.approx(max(aucs))
+
+
+# ---------------------------------------------------------------------------------------------
+# select: best prefix and tie-breaking, asserted directly
+
+
+def test_best_prefix_is_kept_not_the_last_step():
+    # A and B each get 2/3 alone, (A+B)/2 gets all three right, any 2:1 mix gets one wrong again.
+    y = np.array([1, 1, 0], dtype=np.int8)
+    P = np.array([[0.9, 0.2, 0.1],   # A
+                  [0.2, 0.9, 0.2]],  # B
+                 dtype=np.float32)
+    sel = select(P, y, top_k=2, rounds=3)
+    scores = [r["val_score"] for r in sel.trajectory]
+    assert scores == pytest.approx([2 / 3, 1.0, 2 / 3])
+    assert sel.best_round == 2
+    assert sel.weights == {0: 0.5, 1: 0.5}
+    assert sel.counts == {0: 1, 1: 1}
+    assert len(sel.trajectory) == 3
+
+
+def test_best_prefix_ties_keep_the_shortest_prefix():
+    y = np.array([1, 0], dtype=np.int8)
+    P = np.array([[0.9, 0.1]], dtype=np.float32)
+    sel = select(P, y, top_k=1, rounds=5)
+    assert sel.best_round == 1 and sel.weights == {0: 1.0}
+
+
+def test_equal_accuracy_lower_log_loss_wins():
+    y = np.array([1, 0], dtype=np.int8)
+    P = np.array([[0.6, 0.4],     # right, unsure
+                  [0.9, 0.1]],    # right, confident: same accuracy, lower log loss
+                 dtype=np.float32)
+    sel = select(P, y, top_k=1, rounds=1)
+    assert sel.trajectory[0]["candidate"] == 1
+
+
+def test_equal_accuracy_and_log_loss_prefers_member_already_chosen():
+    # (A+B)/2 = [0.6, 0.8, 0.1, 0.1] is A with two fake samples swapped: the same accuracy and
+    # (in float32 too) the same log loss as A+A
+    y = np.array([1, 1, 0, 0], dtype=np.int8)
+    P = np.array([[0.4, 1.0, 0.1, 0.1],   # B: alone 3/4
+                  [0.8, 0.6, 0.1, 0.1],   # A: alone 4/4 -> round 1
+                  [0.3, 0.3, 0.6, 0.6]],  # D: bad
+                 dtype=np.float32)
+    sel = select(P, y, top_k=3, rounds=2)
+    assert sel.trajectory[0]["candidate"] == 1
+    # round 2: A+A and A+B have the same accuracy and log loss; B has the lower index, A wins
+    assert sel.trajectory[1]["candidate"] == 1
+    assert sel.weights == {1: 1.0}
+
+
+def test_top_k_limits_distinct_members():
+    rng = np.random.default_rng(1)
+    y = (rng.random(500) < 0.5).astype(np.int8)
+    P = np.clip(y + rng.normal(0, 0.6, (30, 500)), 0, 1).astype(np.float32)
+    for k in (1, 3):
+        sel = select(P, y, top_k=k, rounds=25, metric="log_loss")
+        assert len({r["candidate"] for r in sel.trajectory}) <= k
+        assert sum(sel.weights.values()) == pytest.approx(1.0)
+        assert sel.weights == {i: c / sel.best_round for i, c in sel.counts.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# non-finite probabilities
+
+
+def test_nan_and_inf_candidates_are_never_selected(tmp_path):
+    y = np.array([1, 0, 1, 0], dtype=np.int8)
+    P = np.array([[np.nan, 0.0, 1.0, 0.0], [0.6, 0.45, 0.4, 0.3]], dtype=np.float32)
+    sel = select(P, y, top_k=2, rounds=3)
+    assert set(sel.weights) == {1} and sel.excluded == [0]
+    with pytest.raises(DfsearchError, match="NaN or infinite"):
+        select(P[:1], y, top_k=1)
+
+    # near-perfect candidates with a few NaN / inf values: kept out, nothing crashes
+    def perfect_with_holes(value):
+        def f(split, probs, y):
+            out = np.where(y == 1, 0.99, 0.01)
+            out[::3] = value
+            return out
+        return f
+
+    store = _crafted_store(tmp_path / "store", n=200,
+                           extra={"noise_1": perfect_with_holes(np.nan),
+                                  "noise_2": perfect_with_holes(np.inf)})
+    res = run_ensemble(store, top_k=4, rounds=10, out_dir=tmp_path / "out")
+    names = {m["candidate"] for m in res["members"]}
+    assert not names & {"noise_1", "noise_2"}
+    assert set(res["excluded_non_finite"]) == {"noise_1", "noise_2"}
+    assert not {"noise_1", "noise_2"} & set(res["naive_top_k"]["candidates"])
+    assert all(np.isfinite(r["val_score"]) for r in res["trajectory"])
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+
+
+def _frame(spec):
+    """spec: list of (candidate, split, ids, labels, probs)."""
+    return pd.concat([predictions_frame(*s) for s in spec], ignore_index=True)
+
+
+def _ok(cand, split="val", ids=("a", "b", "c"), labels=(1, 0, 1)):
+    return (cand, split, list(ids), list(labels), [0.7, 0.2, 0.6][: len(ids)])
+
+
+def test_align_shapes_and_sorting():
+    pool = align(_frame([_ok("z"), _ok("z", "test"),
+                         ("m", "val", ["c", "a", "b"], [1, 1, 0], [0.1, 0.2, 0.3]), _ok("m", "test")]))
+    assert pool.candidates == ["m", "z"]
+    assert list(pool.sample_ids["val"]) == ["a", "b", "c"]
+    assert pool.P["val"].shape == (2, 3) and pool.P["val"].dtype == np.float32
+    assert pool.y["val"].dtype == np.int8 and list(pool.y["val"]) == [1, 0, 1]
+    np.testing.assert_allclose(pool.P["val"][0], [0.2, 0.3, 0.1])
+
+
+def test_mismatched_sample_ids(tmp_path):
+    df = _frame([_ok("one"), _ok("one", "test"), _ok("two", ids=("a", "b", "x")), _ok("two", "test")])
+    write_predictions(df, tmp_path)
+    with pytest.raises(DfsearchError) as e:
+        run_ensemble(tmp_path, out_dir=tmp_path / "o")
+    msg = str(e.value)
+    assert "'val'" in msg and "same sample_ids" in msg
+    assert "'one'" in msg and "'x'" in msg and "'two'" in msg and "'c'" in msg
+
+
+def test_candidate_without_test_predictions():
+    with pytest.raises(DfsearchError, match=r"'two'.*no 'test' predictions"):
+        align(_frame([_ok("one"), _ok("one", "test"), _ok("two")]))
+
+
+def test_disagreeing_labels(tmp_path):
+    df = _frame([_ok("one"), _ok("one", "test"), _ok("two", labels=(1, 1, 1)), _ok("two", "test")])
+    write_predictions(df, tmp_path)
+    with pytest.raises(DfsearchError) as e:
+        run_ensemble(tmp_path, out_dir=tmp_path / "o")
+    msg = str(e.value)
+    assert "disagree on the label" in msg and "'b'" in msg and "'one'" in msg and "'two'" in msg
+
+
+def test_missing_test_split(tmp_path):
+    write_predictions(_frame([_ok("one"), _ok("two")]), tmp_path)
+    with pytest.raises(DfsearchError, match="missing 'test' split"):
+        run_ensemble(tmp_path, out_dir=tmp_path / "o")
+
+
+def test_empty_pool_and_empty_folder(tmp_path):
+    with pytest.raises(DfsearchError, match="empty pool"):
+        align(_frame([_ok("one")]).iloc[:0])
+    with pytest.raises(DfsearchError, match="empty pool"):
+        select(np.zeros((0, 3), np.float32), np.zeros(3, np.int8), top_k=1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DfsearchError, match=r"no predictions\*\.parquet"):
+        run_ensemble(tmp_path / "empty", out_dir=tmp_path / "o")
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"top_k": 0}, "top_k must be an integer >= 1"),
+    ({"top_k": 2, "rounds": 0}, "rounds must be an integer >= 1"),
+    ({"top_k": 2, "metric": "f1"}, "metric 'f1' is not supported"),
+])
+def test_bad_arguments(tmp_path, kwargs, needle):
+    y = np.array([1, 0], dtype=np.int8)
+    P = np.array([[0.9, 0.1]], dtype=np.float32)
+    with pytest.raises(DfsearchError, match=needle):
+        select(P, y, **kwargs)
+    with pytest.raises(DfsearchError, match=needle):  # checked before any reading
+        run_ensemble(tmp_path / "does_not_exist", out_dir=tmp_path / "o", **kwargs)
+
+
+def test_evaluate_reports_val_and_test():
+    pool = align(_frame([_ok("one"), _ok("one", "test"),
+                         ("two", "val", ["a", "b", "c"], [1, 0, 1], [0.9, 0.1, 0.2]),
+                         ("two", "test", ["a", "b", "c"], [1, 0, 1], [0.9, 0.1, 0.2])]))
+    sel = select(pool.P["val"], pool.y["val"], top_k=1, rounds=2)
+    ev = evaluate(pool, sel, top_k=2)
+    assert ev["best_single"]["candidate"] == "one"  # 3/3 vs 2/3
+    assert ev["naive_top_k"]["candidates"] == ["one", "two"]
+    assert ev["ensemble"]["test"]["accuracy"] == 1.0 and ev["ensemble"]["val"]["n"] == 3
