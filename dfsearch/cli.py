@@ -1,12 +1,23 @@
-"""The ``dfsearch`` command: ``inspect``, ``synth``, ``train`` (more subcommands come with the search,
-ensemble and predict). Each subcommand parses flags here and hands plain values to one module."""
+"""dfsearch: deepfake-detector search, ensembling and prediction.
+
+Subcommands ``inspect``, ``synth``, ``train``, ``search``, ``ensemble``, ``predict``: each parses its
+flags here (or in its own ``*_cli`` module) and hands plain values to one module."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from dfsearch import ensemble_cli, predict
 from dfsearch.errors import DfsearchError
+
+
+def _add_search(sub):
+    from dfsearch import search_cli
+
+    p = sub.add_parser("search", help="the hyperparameter search (same as run_search.py)")
+    search_cli.add_arguments(p)
+    p.set_defaults(func=search_cli.run)
 
 
 def _add_inspect(sub):
@@ -85,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_synth(sub)
     _add_train(sub)
+    _add_search(sub)
+    ensemble_cli.add_parser(sub)
+    predict.add_parser(sub)
     return parser
 
 

@@ -175,9 +175,19 @@ def train_loop_per_worker(cfg: dict) -> None:
             best_epoch = st.get("best_epoch")
             skipped = json.loads(st.get("skipped", "{}"))
     model = ray.train.torch.prepare_model(model)
+    if resume is not None and start_epoch >= c.epochs:
+        # the run had finished before its driver was killed: say so again, train nothing
+        with resume.as_directory() as d:
+            metrics = json.loads((Path(d) / ckpt_io.META).read_text())["metrics"]
+        ray.train.report(metrics)
+        return
 
+    pg = ray.util.get_current_placement_group()  # reported so a search can free it if this run is killed
+    pg_id = pg.id.hex() if pg is not None else ""
     config_doc = {"train": c.model_dump(), "data": dc, "freeze": freeze_info, "candidate": candidate,
                   "data_root": index.root}
+    nan_fault = (cfg.get("fault") or {}).get("kind") == "nan"
+    _maybe_fail(cfg.get("fault"), start_epoch)  # after_epoch 0: a trial whose training raises at once
     for epoch in range(start_epoch, c.epochs):
         seed_everything(c.seed * 1000 + rank * 100 + epoch)  # augmentation RNG, resumable
         loader.sampler.set_epoch(epoch)
@@ -199,6 +209,8 @@ def train_loop_per_worker(cfg: dict) -> None:
             with _autocast(device, amp):
                 logits = model(x)
             loss = models.loss_fn(logits, y)
+            if nan_fault:
+                loss = loss * float("nan")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -220,7 +232,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct / max(seen, 1),
                    "val_loss": v["loss"], "val_acc": v["acc"], "val_auc": v["auc"],
                    "train_time_s": train_time, "epoch_time_s": time.perf_counter() - t0,
-                   "trainable_params": freeze_info["trainable_params"], "nan_loss": False}
+                   "trainable_params": freeze_info["trainable_params"], "nan_loss": False, "pg_id": pg_id}
         for part in _all_gather(skipped):
             skipped.update(part)
         metrics["skipped_files"] = len(skipped)
@@ -265,11 +277,17 @@ def train_loop_per_worker(cfg: dict) -> None:
 
 
 def _maybe_fail(fault: dict | None, epoch: int) -> None:
-    """Fault injection for tests: crash once after epoch ``fault["after_epoch"]`` (a marker file
-    makes the retried run go through), so resuming from ``get_checkpoint()`` can be exercised."""
-    if fault and epoch == fault["after_epoch"] and not os.path.exists(fault["marker"]):
-        Path(fault["marker"]).touch()
-        raise RuntimeError(f"injected fault after epoch {epoch}")
+    """Fault injection for tests. ``{"after_epoch": N}`` raises after epoch N; with a ``marker``
+    file only once (the retried run goes through), so resuming from ``get_checkpoint()`` can be
+    exercised. (``{"kind": "nan"}`` is handled in the loop: the loss becomes NaN.)"""
+    if not fault or fault.get("kind", "raise") != "raise" or epoch != fault.get("after_epoch", 1):
+        return
+    marker = fault.get("marker")
+    if marker and os.path.exists(marker):
+        return
+    if marker:
+        Path(marker).touch()
+    raise RuntimeError(f"injected fault after epoch {epoch}")
 
 
 def _predictions(candidate, val_ds, y_val, p_val, test_ds, y_test, p_test):
@@ -285,7 +303,8 @@ def _predictions(candidate, val_ds, y_val, p_val, test_ds, y_test, p_test):
 
 # ----------------------------------------------------------------------------- driver
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None,
+             include_dashboard: bool | None = None) -> None:
     """Start (or connect to) Ray once, with the env vars that cut Train's per-run overhead."""
     import ray
 
@@ -298,6 +317,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
               runtime_env={"env_vars": {k: os.environ[k] for k in SPEED_ENV}})
     if address is None and num_cpus is not None:
         kw["num_cpus"] = num_cpus
+    if address is None and include_dashboard is not None:
+        kw["include_dashboard"] = include_dashboard
     ray.init(**kw)
 
 

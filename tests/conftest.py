@@ -12,12 +12,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A local Ray with 4 logical CPUs (2 real cores; trials are small)."""
+    """A local Ray with 4 logical CPUs (2 real cores; trials are small) and no dashboard: without
+    the State API, Ray Train's own placement-group cleaner cannot work, so the tests show that
+    dfsearch's does."""
     import ray
 
     from dfsearch.train import init_ray
 
-    init_ray(num_cpus=4)
+    init_ray(num_cpus=4, include_dashboard=False)
     yield ray
     ray.shutdown()
 

@@ -1,0 +1,206 @@
+"""Greedy (Caruana) ensemble selection on a run's prediction store, checked and logged to W&B.
+
+    ensemble.py [--run DIR | --predictions DIR] [--top-k 4] [--metric accuracy] [--rounds 50]
+                [--nbest N] [--out DIR] [--json] [--wandb-mode MODE] [--wandb-project NAME]
+
+``--run DIR`` is a ``dfsearch train`` / search output folder (``predictions.parquet`` +
+``candidates.parquet``); without it the most recently written ``runs/*/predictions.parquet`` is
+used. ``--predictions DIR`` takes any folder of contract parquet files (see ``dfsearch.store``).
+
+Steps: selection (``dfsearch.ensemble.run_ensemble``) into a scratch folder; then the selected
+members' checkpoints are loaded once to prove ``dfsearch predict`` can use them (a missing or
+corrupted checkpoint is an error naming the candidate and the path); only then are
+``ensemble.json`` and the plots moved into ``--out`` (default ``<run>/ensemble``), so a failed
+check never replaces a good ensemble. Finally one W&B run (job_type "ensemble", group = the run
+folder's name) logs the members, the metrics and the plots.
+
+Errors print ``ensemble: error: <message>`` on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from dfsearch import tracking
+from dfsearch.ensemble import METRICS, format_summary, run_ensemble
+from dfsearch.errors import DfsearchError
+from dfsearch.store import PREDICTIONS_FILE
+
+RUNS_DIR = "runs"
+PLOTS = ("roc.png", "confusion.png", "trajectory.png")
+SCALARS = ("accuracy", "roc_auc", "log_loss", "f1", "precision", "recall", "average_precision", "eer")
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--run", help="search/train output folder with predictions.parquet + candidates.parquet "
+                                   f"(default: the most recent {RUNS_DIR}/*/ holding a {PREDICTIONS_FILE})")
+    src.add_argument("--predictions", help="any folder of prediction-contract parquet files")
+    p.add_argument("--top-k", type=int, default=4, help="most distinct members (default 4)")
+    p.add_argument("--metric", choices=METRICS, default="accuracy", help="val metric to optimise")
+    p.add_argument("--rounds", type=int, default=50, help="greedy selection rounds (default 50)")
+    p.add_argument("--nbest", type=int, help="only the N best candidates (by val score) enter the pool")
+    p.add_argument("--out", help="output folder (default: <run>/ensemble)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+    p.add_argument("--wandb-mode", choices=tracking.MODES,
+                   help="default: online with W&B credentials, else offline")
+    p.add_argument("--wandb-project", default="dfsearch")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``ensemble`` as a subcommand (e.g. of ``dfsearch``)."""
+    p = subparsers.add_parser("ensemble", help="greedy (Caruana) ensemble of a run's candidates")
+    _add_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ensemble", description=__doc__.splitlines()[0])
+    _add_arguments(p)
+    return p
+
+
+def latest_run(root: str | Path = RUNS_DIR) -> Path:
+    """The folder directly under ``root`` whose ``predictions.parquet`` was written last."""
+    root = Path(root)
+    found = sorted(root.glob(f"*/{PREDICTIONS_FILE}"), key=lambda f: f.stat().st_mtime) if root.is_dir() else []
+    if not found:
+        raise DfsearchError(f"no run found: no {root}/*/{PREDICTIONS_FILE} under {root.resolve()}; "
+                            f"pass --run DIR (a search/train output folder) or --predictions DIR")
+    return found[-1].parent
+
+
+def _resolve_checkpoint(path: str, store_dir: Path) -> Path:
+    """Absolute paths as they are; relative ones against the store folder (else the cwd)."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    return store_dir / p
+
+
+def check_members(members: list[dict], store_dir: Path) -> None:
+    """Load each member's checkpoint (config + weights, strict) once; DfsearchError naming the
+    candidate and the path on the first that fails. Members without a checkpoint are skipped."""
+    from dfsearch.checkpoint import load_model
+
+    for m in members:
+        ckpt = m.get("checkpoint")
+        if not ckpt:
+            continue
+        if "://" in ckpt and not ckpt.startswith("file://"):
+            print(f"ensemble: note: member {m['candidate']!r} has a remote checkpoint {ckpt}; not checked",
+                  file=sys.stderr)
+            continue
+        path = _resolve_checkpoint(ckpt.removeprefix("file://"), store_dir)
+        if not path.is_dir():
+            raise DfsearchError(f"member {m['candidate']!r}: checkpoint folder {path} does not exist "
+                                f"(from candidates.parquet); re-run its trial or drop it from the store")
+        try:
+            load_model(path)
+        except DfsearchError as e:
+            raise DfsearchError(f"member {m['candidate']!r}: unusable checkpoint {path}: {e}") from None
+        except Exception as e:  # a config that no longer builds a model, etc.
+            raise DfsearchError(f"member {m['candidate']!r}: unusable checkpoint {path}: "
+                                f"{type(e).__name__}: {e}") from None
+
+
+def _metrics_row(result: dict) -> dict:
+    """Flat ``{split}/{who}/{metric}`` scalars for W&B."""
+    out = {}
+    for who in ("ensemble", "best_single", "naive_top_k"):
+        for split in ("val", "test"):
+            for k in SCALARS:
+                out[f"{split}/{who}/{k}"] = result[who][split].get(k)
+    return out
+
+
+def log_to_wandb(result: dict, out: Path, group: str, mode: str, project: str) -> object | None:
+    """One W&B run for the ensemble; returns the finished run (or None)."""
+    import pandas as pd
+
+    config = {k: result[k] for k in ("top_k", "metric", "rounds", "nbest", "source")}
+    run = tracking.start_run(mode, project, group=group, job_type="ensemble", name=f"{group}-ensemble",
+                             config=config, dir=out)
+    if run is None:
+        return None
+    for r in result["trajectory"]:
+        tracking.log(run, {"selection/round": r["round"], "selection/val_score": r["val_score"],
+                           "selection/val_log_loss": r["val_log_loss"]})
+    tracking.log_table(run, "members", pd.DataFrame(result["members"]))
+    tracking.log(run, {**_metrics_row(result), "best_round": result["best_round"],
+                       "pool_size": result["pool_size"], "n_members": len(result["members"])})
+    tracking.log_images(run, {name.removesuffix(".png"): out / name for name in PLOTS})
+    tracking.finish(run)
+    return run
+
+
+def run(args) -> int:
+    """``ensemble``: select, check the members' checkpoints, write ``--out``, log, report."""
+    for flag, value in (("--top-k", args.top_k), ("--rounds", args.rounds), ("--nbest", args.nbest)):
+        if value is not None and value < 1:
+            raise DfsearchError(f"{flag} {value}: must be >= 1")
+    if args.predictions:
+        store_dir = Path(args.predictions)
+    elif args.run:
+        store_dir = Path(args.run)
+        if not (store_dir / PREDICTIONS_FILE).is_file():
+            raise DfsearchError(f"--run {store_dir}: no {PREDICTIONS_FILE} there; expected a search/train "
+                                f"output folder (or use --predictions for a folder of parquet files)")
+    else:
+        store_dir = latest_run()
+        print(f"ensemble: using the latest run {store_dir.resolve()} (pass --run DIR to choose)",
+              file=sys.stderr)
+    store_dir = store_dir.resolve()
+    out = Path(args.out) if args.out else store_dir / "ensemble"
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        result = run_ensemble(store_dir, top_k=args.top_k, rounds=args.rounds, metric=args.metric,
+                              nbest=args.nbest, out_dir=scratch)
+        check_members(result["members"], store_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for f in scratch.iterdir():
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    mode = tracking.resolve_mode(args.wandb_mode, dir=out)
+    log_to_wandb(result, out, group=store_dir.name, mode=mode, project=args.wandb_project)
+    if args.json:
+        print(json.dumps({**result, "out_dir": str(out)}))
+        return 0
+    print(format_summary(result))
+    print(f"\nwrote {out / 'ensemble.json'}")
+    print(f"plots {', '.join(str(out / p) for p in PLOTS)}")
+    if mode == "offline":
+        print(f"W&B offline run under {out / 'wandb'} (upload with `wandb sync {out / 'wandb'}/offline-run-*`)")
+    if all(m.get("checkpoint") for m in result["members"]):
+        print(f"\nnext: dfsearch predict --ensemble {out / 'ensemble.json'} IMAGES...")
+    else:
+        print("\nnote: some members have no checkpoint (no candidates.parquet), so `dfsearch predict` "
+              "cannot use this ensemble")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(run(args) or 0)
+    except DfsearchError as e:
+        print(f"ensemble: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ensemble: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""``dfsearch predict``: P(fake) for images from an ensemble written by the ``ensemble`` command.
+
+    dfsearch predict --ensemble runs/x/ensemble/ensemble.json PATH... [--json | --csv FILE]
+                     [--batch-size N] [--device cpu|cuda]
+
+PATHs are image files or folders (searched recursively for .jpg/.jpeg/.png in any case, sorted).
+Each member's checkpoint is loaded weights-only (``dfsearch.checkpoint.load_model``) with the
+preprocessing saved in its config (input size, mean, std; the evaluation transform of training).
+Every image is decoded once; each member sees it through its own transform. The ensemble's
+P(fake) is the weighted average of the members' ``prob_fake`` with the weights of ensemble.json
+(normalised to sum to 1); the label is ``fake`` when it is >= 0.5, else ``real``.
+
+Unreadable images are reported one by one (path and reason) and do not stop the batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dfsearch.errors import DfsearchError
+
+THRESHOLD = 0.5
+PROGRESS_MIN = 16  # show a progress bar from this many images on
+
+
+@dataclass
+class Member:
+    candidate: str
+    weight: float
+    checkpoint: str
+    arch: str
+    img_size: int
+    mean: tuple
+    std: tuple
+    model: object = field(repr=False)  # torch.nn.Module in eval mode
+
+    @property
+    def preprocessing(self) -> tuple:
+        """Members with equal preprocessing share one transformed batch."""
+        return (self.img_size, self.mean, self.std)
+
+    def describe(self) -> dict:
+        return {"candidate": self.candidate, "weight": self.weight, "checkpoint": self.checkpoint,
+                "arch": self.arch, "img_size": self.img_size, "mean": list(self.mean), "std": list(self.std)}
+
+
+def _read_ensemble(path: Path) -> dict:
+    if not path.is_file():
+        raise DfsearchError(f"--ensemble {path}: no such file; run `ensemble.py --run DIR` first (it writes "
+                            f"<run>/ensemble/ensemble.json)")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DfsearchError(f"--ensemble {path}: not valid JSON ({e})") from None
+    members = doc.get("members") if isinstance(doc, dict) else None
+    if not members or not all(isinstance(m, dict) and "candidate" in m and "weight" in m for m in members):
+        raise DfsearchError(f"--ensemble {path}: needs a non-empty 'members' list of "
+                            f"{{candidate, weight, checkpoint}} (as written by the ensemble command)")
+    return doc
+
+
+def _checkpoint_path(ckpt: str, doc: dict, ensemble_path: Path) -> Path:
+    """Absolute paths as they are; relative ones against the store folder ("source"), else the
+    folder of ensemble.json."""
+    p = Path(ckpt.removeprefix("file://"))
+    if p.is_absolute() or p.exists():
+        return p
+    base = Path(doc["source"]) if doc.get("source") else ensemble_path.parent
+    return base / p
+
+
+def load_members(ensemble_json_path, device: str = "cpu") -> list[Member]:
+    """The ensemble's members with their models (eval mode, on ``device``) and preprocessing.
+
+    Raises DfsearchError when the file is missing or malformed, a member has no checkpoint, its
+    checkpoint is missing or corrupted, or the weights are not positive.
+    """
+    from dfsearch.checkpoint import load_model
+
+    path = Path(ensemble_json_path)
+    doc = _read_ensemble(path)
+    total = sum(float(m["weight"]) for m in doc["members"])
+    if not total > 0 or any(float(m["weight"]) < 0 for m in doc["members"]):
+        raise DfsearchError(f"--ensemble {path}: member weights must be >= 0 with a positive sum")
+    members = []
+    for m in doc["members"]:
+        name = m["candidate"]
+        if not m.get("checkpoint"):
+            raise DfsearchError(f"--ensemble {path}: member {name!r} has no checkpoint (its store had no "
+                                f"candidates.parquet), so its model cannot be run")
+        ckpt = _checkpoint_path(str(m["checkpoint"]), doc, path)
+        if not ckpt.is_dir():
+            raise DfsearchError(f"member {name!r}: checkpoint folder {ckpt} does not exist")
+        try:
+            model, config = load_model(ckpt, device=device)
+        except DfsearchError as e:
+            raise DfsearchError(f"member {name!r}: unusable checkpoint {ckpt}: {e}") from None
+        data, train = config.get("data", {}), config["train"]
+        size = int(data["input_size"][-1]) if data.get("input_size") else int(train["img_size"])
+        members.append(Member(candidate=name, weight=float(m["weight"]) / total, checkpoint=str(ckpt),
+                              arch=str(train.get("arch", "")), img_size=size, mean=tuple(data["mean"]),
+                              std=tuple(data["std"]), model=model))
+    return members
+
+
+def find_images(paths) -> tuple[list[Path], list[dict]]:
+    """Image files named by ``paths`` (files as given; folders searched recursively for
+    .jpg/.jpeg/.png, any case, sorted), without duplicates, plus errors for paths that do not exist."""
+    from dfsearch.data.images import is_image_name
+
+    files, errors, seen = [], [], set()
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_name(f.name))
+        elif p.exists():
+            found = [p]
+        else:
+            errors.append({"path": str(p), "reason": "no such file or directory"})
+            continue
+        for f in found:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(f)
+    return files, errors
+
+
+def predict_images(members: list[Member], files: list[Path], batch_size: int = 64, device: str = "cpu",
+                   progress: bool = False) -> tuple[list[dict], list[dict]]:
+    """``([{path, prob_fake, label}], [{path, reason}])`` for ``files``, in order."""
+    import torch
+    from tqdm import tqdm
+
+    from dfsearch.data.images import UnreadableImage, open_rgb
+    from dfsearch.data.loading import build_transform
+    from dfsearch.models import prob_fake
+
+    transforms = {m.preprocessing: build_transform(*m.preprocessing) for m in members}
+    predictions, errors = [], []
+    bar = tqdm(total=len(files), unit="img", file=sys.stderr, disable=not progress or len(files) < PROGRESS_MIN)
+    for start in range(0, len(files), batch_size):
+        batch = files[start:start + batch_size]
+        images, good = [], []
+        for f in batch:
+            try:
+                images.append(open_rgb(f))  # decoded once, shared by all members
+                good.append(f)
+            except UnreadableImage as e:
+                errors.append({"path": str(f), "reason": e.reason})
+        if images:
+            x = {key: torch.stack([tf(img) for img in images]).to(device) for key, tf in transforms.items()}
+            p = np.zeros(len(images), dtype=np.float64)
+            with torch.no_grad():
+                for m in members:
+                    p += m.weight * prob_fake(m.model(x[m.preprocessing])).cpu().numpy().astype(np.float64)
+            for f, pf in zip(good, p):
+                predictions.append({"path": str(f), "prob_fake": float(pf),
+                                    "label": "fake" if pf >= THRESHOLD else "real"})
+        bar.update(len(batch))
+    bar.close()
+    return predictions, errors
+
+
+def _device(requested: str | None) -> str:
+    import torch
+
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise DfsearchError("--device cuda: no CUDA device is available here; use --device cpu")
+    return requested
+
+
+def _predict(ensemble_json_path, paths, batch_size, device, progress):
+    if batch_size < 1:
+        raise DfsearchError(f"--batch-size {batch_size}: must be >= 1")
+    members = load_members(ensemble_json_path, device=device)
+    files, errors = find_images(paths)
+    if not files and not errors:
+        raise DfsearchError(f"no images found in {', '.join(map(str, paths))} (looked for .jpg, .jpeg, .png)")
+    predictions, bad = predict_images(members, files, batch_size=batch_size, device=device, progress=progress)
+    return members, predictions, errors + bad
+
+
+def predict_paths(ensemble_json_path, paths, batch_size: int = 64, device: str = "cpu",
+                  progress: bool = False) -> tuple[list[dict], list[dict]]:
+    """Predict every image under ``paths`` with the ensemble in ``ensemble_json_path``.
+
+    Returns ``(predictions, errors)``: ``[{"path", "prob_fake", "label"}]`` for the readable images
+    (files in the order given, folders sorted) and ``[{"path", "reason"}]`` for the missing or
+    unreadable ones. Raises DfsearchError for a bad ensemble (see ``load_members``), a batch size
+    below 1, or when no image was found at all.
+    """
+    _, predictions, errors = _predict(ensemble_json_path, paths, batch_size, device, progress)
+    return predictions, errors
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``predict`` as a subcommand of ``dfsearch``."""
+    p = subparsers.add_parser("predict", help="P(fake) for images, with an ensemble from the ensemble command")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    p.add_argument("--ensemble", required=True, help="ensemble.json written by the ensemble command")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    out.add_argument("--csv", metavar="FILE", help="write path,prob_fake,label to FILE")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    """``dfsearch predict``: 0 when at least one image was predicted, 1 when none could be."""
+    members, predictions, errors = _predict(args.ensemble, args.paths, args.batch_size,
+                                            _device(args.device), progress=not args.json)
+    n_fake = sum(p["label"] == "fake" for p in predictions)
+    summary = (f"{len(predictions) + len(errors)} images: {n_fake} fake, {len(predictions) - n_fake} real, "
+               f"{len(errors)} unreadable")
+    if args.json:
+        print(json.dumps({"predictions": predictions, "errors": errors,
+                          "members": [m.describe() for m in members]}))
+        print(summary, file=sys.stderr)  # stdout holds the JSON object only
+    else:
+        for e in errors:
+            print(f"predict: cannot read {e['path']}: {e['reason']}", file=sys.stderr)
+        if args.csv:
+            with open(args.csv, "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=["path", "prob_fake", "label"])
+                w.writeheader()
+                w.writerows(predictions)
+            print(f"wrote {len(predictions)} rows to {args.csv}")
+        else:
+            for p in predictions:
+                print(f"{p['prob_fake']:.4f}  {p['label']:<4}  {p['path']}")
+        print(summary)
+    return 0 if predictions else 1

@@ -1,0 +1,520 @@
+"""The search driver: Ray Tune + Optuna (TPE) + ASHA, each trial a Ray Train DDP job.
+
+Flow: validate the space (YAML) and the data, start/connect Ray, refuse what the cluster can never
+run, then ``Tuner.fit()`` (or ``Tuner.restore`` for ``--resume``). Each trial is a Tune function
+trainable that runs a ``TorchTrainer`` (``train.fit_trial``) and forwards its metrics with
+``TuneReportCallback``. What a search leaves in its run directory ``<out>/<name>/``:
+
+* ``trials.parquet``: one row per trial: id, arch, hyperparameters, status (completed / pruned /
+  failed + reason), epochs run, best val metrics, wall time, checkpoint path;
+* ``predictions.parquet`` + ``candidates.parquet``: the prediction store (ensembler input);
+* ``train/<trial_id>/checkpoint_*``: the best checkpoint of each trial (the others are deleted);
+* ``optuna.db``: the Optuna study (sqlite), so ``--resume`` continues it;
+* ``optuna_history.png`` / ``optuna_importances.png``; ``wandb/`` (offline runs, if offline).
+
+Why trials complete here: when ASHA stops a trial, Tune kills the trial's trainable actor, and the
+Ray Train controller (owned by it) dies before it removes its worker group's placement group.
+Ray's own backup cleaner needs the dashboard's State API, which a ``ray[tune,train]`` install
+lacks, so the group stayed reserved and later trials waited forever. ``TrialBookkeeper`` removes a
+finished trial's placement group itself (the worker reports its id), so nothing leaks whether or
+not the dashboard is there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+from ray.tune import Callback
+
+from dfsearch import store, tracking
+from dfsearch.errors import DfsearchError
+from dfsearch.search_space import Space, SpaceSampler
+
+DRIVER_CPUS = 0.5  # each trial's Tune trainable (it only waits on its Train workers)
+FREE_GRACE_S = 3.0  # how long a finished trial's Train controller gets to remove its placement group
+TRIALS_FILE = "trials.parquet"
+PROGRESS_FILE = "trials_progress.jsonl"  # one line per finished trial, written as they finish
+
+
+# ----------------------------------------------------------------------------- searcher
+
+def _honest_optuna_search():
+    """OptunaSearch whose feedback tells TPE the truth (built lazily: optuna/ray imports are slow)."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    class HonestOptunaSearch(OptunaSearch):
+        """Stock OptunaSearch tells Optuna that an ASHA-stopped trial is COMPLETE with its truncated
+        score, so TPE mistakes "stopped early" for "finished badly (or well)". Here:
+
+        * trial reached ``max_epochs`` -> COMPLETE with its final metric;
+        * stopped earlier (ASHA) -> PRUNED (its per-epoch values were reported as intermediate
+          values, which TPE uses for pruned trials);
+        * raised, or its loss went NaN -> FAIL.
+        """
+
+        def __init__(self, *args, max_epochs: int, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._max_epochs = max_epochs
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            ot_trial = self._ot_trials[trial_id]
+            if result and not error and self.metric in result and "training_iteration" in result:
+                # Tune does not pass the result that made ASHA stop a trial to on_trial_result:
+                # put it in the curve (Optuna ignores a step reported twice)
+                try:
+                    ot_trial.report(result[self.metric], result["training_iteration"])
+                except Exception:
+                    pass
+            value, state = None, optuna.trial.TrialState.FAIL
+            if result and not error and not result.get("nan_loss"):
+                if result.get("epoch", 0) >= self._max_epochs:
+                    value, state = result.get(self.metric), optuna.trial.TrialState.COMPLETE
+                else:
+                    state = optuna.trial.TrialState.PRUNED
+            try:
+                self._ot_study.tell(ot_trial, value, state=state)
+            except Exception as e:  # e.g. told twice after a resume: never fatal
+                print(f"dfsearch: optuna: {e}", file=sys.stderr)
+            self._completed_trials.add(trial_id)
+
+    return HonestOptunaSearch
+
+
+def make_searcher(space: Space, run_dir: Path, name: str, max_epochs: int, seed: int):
+    import optuna
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}")
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=4,
+                                         constant_liar=True)
+    searcher = _honest_optuna_search()(space=SpaceSampler(space.archs), metric=space.metric, mode=space.mode,
+                                       sampler=sampler, study_name=name, storage=storage,
+                                       max_epochs=max_epochs)
+    # every architecture gets one trial first (its other parameters sampled), then TPE takes over
+    study = optuna.load_study(study_name=name, storage=storage)
+    for arch in space.archs:
+        study.enqueue_trial({"arch": arch})
+    return searcher
+
+
+# ----------------------------------------------------------------------------- per trial
+
+def trial_fn(config: dict, index=None, setup=None) -> None:
+    """Tune function trainable: one Ray Train DDP run for this trial's config."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from dfsearch.train import fit_trial
+
+    trial_id = tune.get_context().get_trial_id()
+    space, profile = setup["space"], setup["profile"]
+    train_cfg = space.train_config(config, profile, seed=setup["seed"])
+    result = fit_trial(train_cfg, index, workers=profile.workers_per_trial, use_gpu=setup["use_gpu"],
+                       cpus_per_worker=setup["cpus_per_worker"], gpus_per_worker=setup["gpus_per_worker"],
+                       storage=setup["train_storage"], name=trial_id, candidate=trial_id,
+                       max_train_batches=profile.steps_per_epoch, callbacks=[TuneReportCallback()],
+                       fault=setup.get("faults", {}).get(train_cfg.arch))
+    if result.error is not None:
+        raise result.error
+
+
+class TrialBookkeeper(Callback):
+    """Tune callback (driver side): frees a finished trial's placement group, keeps only its best
+    checkpoint on disk, and mirrors every trial to its own W&B run. Never raises into Tune."""
+
+    def __init__(self, train_storage: str, wandb_mode: str, wandb_project: str, group: str, run_dir: Path,
+                 space: Space, profile, seed: int):
+        self.train_storage, self.mode, self.project, self.group = train_storage, wandb_mode, wandb_project, group
+        self.run_dir, self.space, self.profile, self.seed = run_dir, space, profile, seed
+        self.pgs: dict[str, str] = {}          # running trial -> its worker group's placement group
+        self.to_free: dict[str, tuple[str, float]] = {}  # finished trial -> (placement group, when)
+        self.best: dict[str, tuple[float, int, str]] = {}
+        self.runs: dict = {}
+        self.freed: list[str] = []  # trials whose placement group we had to remove
+
+    # Tune hooks ---------------------------------------------------------
+    def on_step_begin(self, iteration, trials, **info):
+        now = time.time()
+        for tid, (pg_id, when) in list(self.to_free.items()):
+            if now - when >= FREE_GRACE_S:
+                self._free(tid)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._start_wandb(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        tid = trial.trial_id
+        if result.get("pg_id"):
+            self.pgs[tid] = result["pg_id"]
+        path = result.get("checkpoint_path")
+        if path:
+            key = (result.get("ckpt_score", -math.inf), result.get("epoch", 0))
+            if tid not in self.best or key >= self.best[tid][:2]:
+                self.best[tid] = (*key, path)
+        if tid not in self.runs:
+            self._start_wandb(trial)
+        tracking.log(self.runs.get(tid), {k: v for k, v in result.items() if k in WANDB_KEYS},
+                     step=result.get("epoch"))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finished(trial, "finished")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finished(trial, "failed")
+
+    def on_experiment_end(self, trials, **info):
+        for tid in list(self.to_free):
+            self._free(tid)
+        self.close()
+
+    # helpers ------------------------------------------------------------
+    def _start_wandb(self, trial):
+        if self.mode == "disabled" or trial.trial_id in self.runs:
+            return
+        cfg = self.space.train_config(trial.config, self.profile, seed=self.seed).model_dump()
+        self.runs[trial.trial_id] = tracking.start_run(self.mode, self.project, self.group, "trial",
+                                                       f"{self.group}-{trial.trial_id}",
+                                                       {**cfg, "trial_id": trial.trial_id}, self.run_dir)
+
+    def _finished(self, trial, how: str):
+        tid = trial.trial_id
+        last = trial.last_result or {}
+        try:
+            with open(self.run_dir / PROGRESS_FILE, "a") as f:
+                f.write(json.dumps({"trial_id": tid, "how": how, "epoch": last.get("epoch"),
+                                    self.space.metric: last.get(self.space.metric), "time": time.time()}) + "\n")
+        except OSError:
+            pass
+        if tid in self.pgs:  # freed after a grace period, if the Train controller has not done it
+            self.to_free[tid] = (self.pgs.pop(tid), time.time())
+        self._prune_checkpoints(tid)
+        run = self.runs.pop(tid, None)
+        if run is not None:
+            try:
+                run.summary["status"] = how
+                if tid in self.best:
+                    run.summary["best_checkpoint"] = self.best[tid][2]
+            except Exception:
+                pass
+        tracking.finish(run)
+
+    def _free(self, tid: str):
+        """Remove a finished trial's Train worker-group placement group if it is still there."""
+        pg_id, _ = self.to_free.pop(tid, (None, None))
+        if not pg_id:
+            return
+        try:
+            from ray._raylet import PlacementGroupID
+            from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+            pg = PlacementGroup(PlacementGroupID.from_hex(pg_id))
+            if placement_group_table(pg).get("state") not in (None, "REMOVED"):
+                remove_placement_group(pg)
+                self.freed.append(tid)
+        except Exception as e:
+            print(f"dfsearch: could not free the placement group of trial {tid}: {e}", file=sys.stderr)
+
+    def _prune_checkpoints(self, tid: str):
+        """Ray does not always enforce num_to_keep when a run is killed: keep the best, delete the rest."""
+        best = self.best.get(tid)
+        trial_dir = Path(self.train_storage) / tid
+        if best is None or not trial_dir.is_dir():
+            return
+        keep = Path(best[2]).resolve()
+        for ckpt in trial_dir.glob("checkpoint_*"):
+            if ckpt.is_dir() and ckpt.resolve() != keep:
+                shutil.rmtree(ckpt, ignore_errors=True)
+
+    def close(self):
+        for tid in list(self.runs):
+            tracking.finish(self.runs.pop(tid))
+
+
+WANDB_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "test_acc", "test_auc",
+              "train_time_s", "epoch_time_s", "skipped_files")
+
+
+# ----------------------------------------------------------------------------- results
+
+def best_checkpoint_on_disk(trial_dir: Path) -> tuple[Path, dict] | None:
+    """The kept checkpoint with the best score (ties: the later epoch) that carries predictions,
+    with its metrics; read from disk, so it is right after a resume or a kill too."""
+    best = None
+    for ckpt in trial_dir.glob("checkpoint_*"):
+        meta = ckpt / "meta.json"
+        if not (ckpt / store.PREDICTIONS_FILE).exists() or not meta.exists():
+            continue
+        m = json.loads(meta.read_text())["metrics"]
+        key = (m.get("ckpt_score", -math.inf), m.get("epoch", 0))
+        if best is None or key > best[0]:
+            best = (key, ckpt, m)
+    return (best[1], best[2]) if best else None
+
+
+def collect(results, space: Space, profile, seed: int, train_storage: Path) -> tuple[pd.DataFrame, list[dict]]:
+    """Rows for trials.parquet and per-trial summaries for the store, from Tune's ResultGrid
+    (status, config, timing) and each trial's best checkpoint on disk (metrics, predictions)."""
+    rows, summaries = [], []
+    for r in results:
+        last = r.metrics or {}
+        tid = last.get("trial_id") or Path(r.path).name
+        cfg = space.train_config(r.config, profile, seed=seed)
+        hist = r.metrics_dataframe
+        epochs = int(last.get("epoch", 0) or 0)
+        if r.error is not None:
+            status, reason = "failed", f"{type(r.error).__name__}: {str(r.error).strip().splitlines()[-1][:300]}"
+        elif last.get("nan_loss"):
+            status, reason = "failed", "loss became NaN/inf"
+        elif epochs >= profile.max_epochs:
+            status, reason = "completed", ""
+        elif epochs == 0:
+            status, reason = "failed", "no epoch finished"
+        else:
+            status, reason = "pruned", f"stopped by ASHA after {epochs} epoch(s)"
+        found = best_checkpoint_on_disk(train_storage / tid)
+        ckpt, best = (str(found[0]), found[1]) if found else ("", {})
+        if found:
+            for other in (train_storage / tid).glob("checkpoint_*"):
+                if other.is_dir() and other != found[0]:
+                    shutil.rmtree(other, ignore_errors=True)
+        flat = cfg.model_dump()
+        aug = flat.pop("aug")
+        nan = float("nan")
+        row = {"trial_id": tid, "arch": cfg.arch, **{k: v for k, v in flat.items() if k != "arch"},
+               **{f"aug_{k}": v for k, v in aug.items()}, "status": status, "reason": reason, "epochs": epochs,
+               "best_epoch": best.get("epoch"), "val_acc": best.get("val_acc", nan),
+               "val_auc": best.get("val_auc", nan), "val_loss": best.get("val_loss", nan),
+               "test_acc": best.get("test_acc", nan),
+               "start": float(hist["timestamp"].iloc[0] - hist["time_this_iter_s"].iloc[0])
+               if hist is not None and not hist.empty else nan,
+               "wall_time_s": float(last.get("time_total_s", nan)),
+               "train_time_s": float(hist["train_time_s"].sum()) if hist is not None and "train_time_s" in hist else nan,
+               "checkpoint": ckpt}
+        row["unfrozen"] = str(row["unfrozen"])
+        row["pretrained"] = str(row["pretrained"])
+        row["aug_jpeg_quality"] = json.dumps(list(row["aug_jpeg_quality"]))
+        rows.append(row)
+        if ckpt and status != "failed":
+            summaries.append({"candidate": tid, "trial_id": tid, "arch": cfg.arch, "config": cfg.model_dump(),
+                              "best": best, "checkpoint": ckpt})
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df = df.sort_values("trial_id").reset_index(drop=True)
+    return df, summaries
+
+
+def optuna_plots(run_dir: Path, name: str) -> dict:
+    """Optimisation history and parameter importances as PNGs (what can be drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    out = {}
+    try:
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    except Exception:
+        return out
+    for key, fn in (("optuna_history", ovm.plot_optimization_history),
+                    ("optuna_importances", ovm.plot_param_importances)):
+        try:
+            ax = fn(study)
+            fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+            fig.set_size_inches(8, 5)
+            fig.tight_layout()
+            fig.savefig(run_dir / f"{key}.png", dpi=90)
+            matplotlib.pyplot.close(fig)
+            out[key] = run_dir / f"{key}.png"
+        except Exception:  # too few finished trials for importances, etc.
+            pass
+    return out
+
+
+# ----------------------------------------------------------------------------- driver
+
+def plan(args, space: Space, cluster: dict) -> dict:
+    """Resolve profile, workers, GPUs and concurrency; raise for what can never run."""
+    gpus = cluster.get("GPU", 0)
+    use_gpu = args.gpus_per_worker > 0 if args.gpus_per_worker is not None else gpus > 0
+    profile = space.profile(args.profile or ("gpu" if use_gpu else "cpu"))
+    overrides = {k: v for k, v in dict(num_samples=args.num_samples, max_epochs=args.max_epochs,
+                                       workers_per_trial=args.workers_per_trial).items() if v is not None}
+    if overrides:
+        profile = profile.model_copy(update=overrides)
+    if profile.grace_period > profile.max_epochs:
+        profile = profile.model_copy(update={"grace_period": profile.max_epochs})
+    gpw = args.gpus_per_worker if args.gpus_per_worker is not None else (1.0 if use_gpu else 0.0)
+    from dfsearch.train import check_resources
+
+    check_resources(profile.workers_per_trial, use_gpu, args.cpus_per_worker, gpw or 1.0, extra_cpus=DRIVER_CPUS)
+    per_trial_cpu = profile.workers_per_trial * args.cpus_per_worker + DRIVER_CPUS
+    fit = int(cluster.get("CPU", 0) // per_trial_cpu)
+    if use_gpu:
+        fit = min(fit, int(gpus // (profile.workers_per_trial * gpw)))
+    concurrent = max(1, min(fit, args.max_concurrent or fit, profile.num_samples))
+    return dict(profile=profile, use_gpu=use_gpu, gpus_per_worker=gpw, max_concurrent=concurrent)
+
+
+def run(args) -> int:
+    """``python run_search.py``: the whole search, then a summary."""
+    from dfsearch import search_space
+    from dfsearch.data.discover import discover
+    from dfsearch.data.synth import default_dataset
+    from dfsearch.train import init_ray
+
+    # 1. everything cheap that can be wrong, before Ray starts
+    out = Path(args.out).expanduser().resolve()
+    name = args.name or ("search-" + time.strftime("%Y%m%d-%H%M%S"))
+    run_dir = out / name
+    if args.resume:
+        if not (run_dir / "tuner.pkl").exists():
+            prev = sorted(p.name for p in out.glob("*/tuner.pkl"))
+            raise DfsearchError(f"--resume: no previous search named {name!r} under {out}"
+                                + (f"; found: {', '.join(Path(p).parent.name for p in prev)}" if prev
+                                   else " (pass the same --out and --name as the interrupted run)"))
+        saved = json.loads((run_dir / "search.json").read_text())
+        args.space, args.data = saved["space"], saved["data"]
+        for k in ("profile", "num_samples", "max_epochs", "workers_per_trial", "seed"):
+            setattr(args, k, saved["args"].get(k))
+    elif (run_dir / "tuner.pkl").exists():
+        raise DfsearchError(f"a search named {name!r} already exists in {out}; use --resume to continue it "
+                            f"or another --name")
+    space = search_space.load(args.space)
+    data = args.data or str(default_dataset(progress=True))
+    index = discover(data)
+    for note in index.notes:
+        print(f"dfsearch: {note}", file=sys.stderr)
+    mode = tracking.resolve_mode(args.wandb_mode, run_dir)
+
+    # 2. Ray, and what the cluster can give
+    local_cpus = None
+    if args.address is None:
+        cores = os.cpu_count() or 1
+        need = (args.workers_per_trial or max(p.workers_per_trial for p in space.profiles.values())) \
+            * args.cpus_per_worker + DRIVER_CPUS
+        local_cpus = max(cores, math.ceil(need))
+        if local_cpus > cores:
+            print(f"dfsearch: local Ray with {local_cpus} logical CPUs on {cores} cores (a trial needs "
+                  f"{need:g}: its workers plus a {DRIVER_CPUS}-CPU driver that mostly waits)", file=sys.stderr)
+    init_ray(args.address, num_cpus=local_cpus, include_dashboard=args.dashboard)
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    p = plan(args, space, ray.cluster_resources())
+    profile = p["profile"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        (run_dir / "search.json").write_text(json.dumps({
+            "space": str(space.path), "data": str(data), "name": name,
+            "args": {"profile": args.profile or ("gpu" if p["use_gpu"] else "cpu"), "num_samples": profile.num_samples,
+                     "max_epochs": profile.max_epochs, "workers_per_trial": profile.workers_per_trial,
+                     "seed": args.seed}}, indent=2))
+    print(f"dfsearch: space {space.name} ({', '.join(space.archs)}), profile: {profile.num_samples} trials x "
+          f"<= {profile.max_epochs} epochs, {profile.workers_per_trial} workers/trial, "
+          f"{p['max_concurrent']} concurrent, {'GPU' if p['use_gpu'] else 'CPU'}; run dir {run_dir}", file=sys.stderr)
+
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # small state: save it often, lose little on a kill
+    train_storage = str(run_dir / "train")
+    setup = {"space": space, "profile": profile, "seed": args.seed, "use_gpu": p["use_gpu"],
+             "cpus_per_worker": args.cpus_per_worker, "gpus_per_worker": p["gpus_per_worker"] or 1.0,
+             "train_storage": train_storage, "faults": getattr(args, "faults", None) or {}}
+    trainable = tune.with_resources(tune.with_parameters(trial_fn, index=index.to_json(), setup=setup),
+                                    {"CPU": DRIVER_CPUS})
+    keeper = TrialBookkeeper(train_storage, mode, args.wandb_project, name, run_dir, space, profile, args.seed)
+    t0 = time.time()
+    try:
+        if args.resume:
+            tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True,
+                                       restart_errored=False)
+            print(f"dfsearch: resuming {name} from {run_dir}", file=sys.stderr)
+        else:
+            scheduler = ASHAScheduler(time_attr="epoch", max_t=profile.max_epochs,
+                                      grace_period=profile.grace_period, reduction_factor=profile.reduction_factor)
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=make_searcher(space, run_dir, name, profile.max_epochs, args.seed),
+                    scheduler=scheduler, metric=space.metric, mode=space.mode,
+                    num_samples=profile.num_samples, max_concurrent_trials=p["max_concurrent"]),
+                run_config=tune.RunConfig(name=name, storage_path=str(out), callbacks=[keeper],
+                                          failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                                          verbose=1),
+            )
+        if args.resume:
+            tuner._local_tuner._run_config.callbacks = [keeper]  # callbacks are not restored; ours are fresh
+        results = tuner.fit()
+    finally:
+        keeper.close()
+    wall = time.time() - t0
+    return finish(results, space, profile, args, run_dir, name, mode, wall)
+
+
+def finish(results, space, profile, args, run_dir: Path, name: str, mode: str, wall: float) -> int:
+    """Write trials.parquet, the store, plots and W&B search run; print the summary."""
+    from dfsearch.train import write_store
+
+    df, summaries = collect(results, space, profile, args.seed, run_dir / "train")
+    df.to_parquet(run_dir / TRIALS_FILE, index=False)
+    write_store(summaries, run_dir)
+    plots = optuna_plots(run_dir, name)
+    run = tracking.start_run(mode, args.wandb_project, name, "search", f"{name}-search",
+                             {"space": space.name, "metric": space.metric, **profile.model_dump()}, run_dir)
+    tracking.log_table(run, "trials", df)
+    tracking.log_images(run, plots)
+    tracking.finish(run)
+    report = summary(df, space, run_dir, wall)
+    if args.json:
+        print(json.dumps(report, default=str))
+    else:
+        print(format_summary(report))
+    return 0 if report["finished"] > 0 else 1
+
+
+def summary(df: pd.DataFrame, space: Space, run_dir: Path, wall: float) -> dict:
+    asc = space.mode == "min"
+    key = space.metric
+    done = df[df.status != "failed"] if not df.empty else df
+    top = done.sort_values(key, ascending=asc).head(5) if not done.empty else done
+    counts = df.status.value_counts().to_dict() if not df.empty else {}
+    best = top.iloc[0].to_dict() if not top.empty else None
+    return {"run_dir": str(run_dir), "wall_time_s": wall, "trials": int(len(df)), "status": counts,
+            "finished": int(len(done)), "metric": key, "best": best,
+            "top": top[["trial_id", "arch", "status", "epochs", "val_acc", "val_auc", "val_loss", "lr"]].to_dict("records")
+            if not top.empty else [],
+            "failed": df[df.status == "failed"][["trial_id", "arch", "reason"]].to_dict("records") if not df.empty else [],
+            "files": {"trials": str(run_dir / TRIALS_FILE), "predictions": str(run_dir / store.PREDICTIONS_FILE),
+                      "candidates": str(run_dir / store.CANDIDATES_FILE)},
+            "next": f"python ensemble.py --run {run_dir} --top-k 4"}
+
+
+def format_summary(r: dict) -> str:
+    lines = [f"\nsearch finished in {r['wall_time_s'] / 60:.1f} min: {r['trials']} trials "
+             f"({', '.join(f'{v} {k}' for k, v in sorted(r['status'].items()))})"]
+    if r["top"]:
+        lines.append(f"\n  {'trial':<14} {'arch':<22} {'status':<10} {'ep':>3} {'val_acc':>8} {'val_auc':>8} {'val_loss':>9} {'lr':>9}")
+        for t in r["top"]:
+            lines.append(f"  {t['trial_id']:<14} {t['arch']:<22} {t['status']:<10} {t['epochs']:>3} {t['val_acc']:>8.3f} "
+                         f"{t['val_auc']:>8.3f} {t['val_loss']:>9.4f} {t['lr']:>9.2e}")
+    for f in r["failed"][:5]:
+        lines.append(f"  failed {f['trial_id']} ({f['arch']}): {f['reason']}")
+    if r["best"]:
+        b = r["best"]
+        cfg = {k: b[k] for k in ("arch", "lr", "weight_decay", "unfrozen", "batch_size", "optimizer") if k in b}
+        lines.append(f"\n  best: {b['trial_id']} {r['metric']} {b[r['metric']]:.4f}  {json.dumps(cfg, default=str)}")
+        lines.append(f"  checkpoint: {b['checkpoint']}")
+    lines.append(f"\n  run dir:     {r['run_dir']}")
+    lines.append(f"  trials:      {r['files']['trials']}")
+    lines.append(f"  predictions: {r['files']['predictions']}")
+    lines.append(f"\n  next: {r['next']}")
+    return "\n".join(lines)

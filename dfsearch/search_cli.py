@@ -1,0 +1,61 @@
+"""Flags of ``python run_search.py`` (and ``dfsearch search``); the work is in ``dfsearch.search``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dfsearch.errors import DfsearchError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", default="all_models", help="search space: a name in search_spaces/ or a .yaml path")
+    p.add_argument("--profile", help="budget profile in the space file (default: gpu if GPUs, else cpu)")
+    p.add_argument("--data", help="dataset folder (default: the embedded synthetic benchmark)")
+    p.add_argument("--out", default="runs", help="output root; the run dir is OUT/NAME")
+    p.add_argument("--name", help="search name (default: search-TIMESTAMP)")
+    p.add_argument("--num-samples", type=int, help="number of trials (overrides the profile)")
+    p.add_argument("--max-epochs", type=int, help="epochs per trial / ASHA max_t (overrides the profile)")
+    p.add_argument("--workers-per-trial", type=int, help="DDP workers per trial (overrides the profile)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (default: 1 if the cluster has GPUs, else 0)")
+    p.add_argument("--max-concurrent", type=int, help="cap on concurrent trials (default: what the cluster fits)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search (same --out and --name)")
+    p.add_argument("--address", help="connect to an existing Ray cluster (e.g. auto)")
+    p.add_argument("--no-dashboard", dest="dashboard", action="store_false", default=None,
+                   help="start the local Ray without its dashboard")
+    p.add_argument("--wandb-mode", choices=["online", "offline", "disabled"],
+                   help="default: online with credentials, else offline")
+    p.add_argument("--wandb-project", default="dfsearch")
+    p.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_search.py", description="Ray Tune + Optuna (TPE) + ASHA search over "
+                                "architectures and hyperparameters; each trial a Ray Train DDP job.")
+    add_arguments(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(args)
+
+
+def run(args) -> int:
+    from dfsearch.search import run as search
+
+    for flag in ("num_samples", "max_epochs", "workers_per_trial", "max_concurrent"):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            print(f"run_search.py: error: --{flag.replace('_', '-')} {v}: need >= 1", file=sys.stderr)
+            return 2
+    try:
+        return search(args)
+    except DfsearchError as e:
+        print(f"run_search.py: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("run_search.py: interrupted; continue with the same --out/--name and --resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,146 @@
+"""Weights & Biases logging that never gets in the way.
+
+Every function here is safe to call unconditionally: with ``run=None`` (W&B disabled, or a run that
+could not start) they do nothing, and no wandb failure ever raises -- it becomes one warning on
+stderr and the command carries on without logging.
+
+``resolve_mode(requested) -> "online" | "offline" | "disabled"``
+    ``online`` only when credentials exist (``WANDB_API_KEY`` or a ``~/.netrc`` entry for the W&B
+    host); otherwise ``offline``, said once per process on stderr.
+``start_run(mode, project, group, job_type, name, config, dir) -> run | None``
+    ``wandb.init`` with a short ``init_timeout``; offline run files land in ``<dir>/wandb/``.
+``log``, ``log_table``, ``log_images``, ``finish``
+    Thin wrappers around ``run.log`` / ``wandb.Table`` / ``wandb.Image`` / ``run.finish``.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+MODES = ("online", "offline", "disabled")
+INIT_TIMEOUT_S = 15.0  # an unreachable server costs at most this long, then we log nothing
+DEFAULT_HOST = "api.wandb.ai"
+
+_said_offline = False  # the "no credentials" notice is printed once per process
+
+
+def _warn(message: str) -> None:
+    print(f"W&B: warning: {message}", file=sys.stderr)
+
+
+def has_credentials() -> bool:
+    """True when ``WANDB_API_KEY`` is set or the netrc file has an entry for the W&B host
+    (``WANDB_BASE_URL``'s host, default api.wandb.ai)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "")).hostname or DEFAULT_HOST
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(requested: str | None, dir: str | Path | None = None) -> str:
+    """The W&B mode to use.
+
+    ``requested`` (a flag value) wins, else ``WANDB_MODE`` from the environment, else ``online``
+    when credentials exist and ``offline`` when not. ``online`` without credentials becomes
+    ``offline``, with a one-time notice on stderr naming where the runs go (``dir``/wandb).
+    """
+    global _said_offline
+    aliases = {"dryrun": "offline", "run": "online"}
+    mode = aliases.get(requested, requested)
+    if mode is not None and mode not in MODES:
+        from dfsearch.errors import DfsearchError
+
+        raise DfsearchError(f"W&B mode {requested!r} is not one of {list(MODES)}")
+    if mode is None and os.environ.get("WANDB_MODE"):
+        env = os.environ["WANDB_MODE"]
+        mode = aliases.get(env, env)
+        if mode not in MODES:
+            _warn(f"ignoring WANDB_MODE={env!r} (not one of {list(MODES)})")
+            mode = None
+    if mode in ("offline", "disabled"):
+        return mode
+    if has_credentials():
+        return "online"
+    if not _said_offline:
+        where = Path(dir) / "wandb" if dir is not None else Path("wandb")
+        print(f"W&B: no credentials found, logging offline to {where} (sync later with `wandb sync`)",
+              file=sys.stderr)
+        _said_offline = True
+    return "offline"
+
+
+def start_run(mode: str, project: str, group: str | None, job_type: str, name: str | None,
+              config: dict, dir: str | Path):
+    """A wandb run, or None when ``mode`` is "disabled" or wandb fails in any way (warned on
+    stderr). ``dir`` is created; wandb writes its run folder under ``dir/wandb/``."""
+    if mode == "disabled":
+        return None
+    try:
+        import wandb
+
+        Path(dir).mkdir(parents=True, exist_ok=True)
+        return wandb.init(
+            mode=mode, project=project, group=group, job_type=job_type, name=name, config=config,
+            dir=str(dir), reinit="create_new",
+            settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, quiet=True, console="off"),
+        )
+    except Exception as e:  # network, auth, bad settings, a broken install: never fatal
+        _warn(f"could not start a {mode} run ({type(e).__name__}: {e}); continuing without W&B "
+              f"logging (use --wandb-mode offline or disabled)")
+        return None
+
+
+def log(run, data: dict, step: int | None = None) -> None:
+    """``run.log(data)``; None values are dropped (W&B cannot chart them)."""
+    if run is None:
+        return
+    try:
+        run.log({k: v for k, v in data.items() if v is not None}, step=step)
+    except Exception as e:
+        _warn(f"log failed ({type(e).__name__}: {e})")
+
+
+def log_table(run, key: str, dataframe) -> None:
+    """Log a pandas DataFrame as a W&B table under ``key``."""
+    if run is None:
+        return
+    try:
+        import wandb
+
+        run.log({key: wandb.Table(dataframe=dataframe)})
+    except Exception as e:
+        _warn(f"table {key!r} not logged ({type(e).__name__}: {e})")
+
+
+def log_images(run, images: dict) -> None:
+    """Log ``{key: png_path}`` as W&B images; missing files are skipped with a warning."""
+    if run is None:
+        return
+    try:
+        import wandb
+
+        found = {k: wandb.Image(str(p)) for k, p in images.items() if Path(p).is_file()}
+        for k in sorted(set(images) - set(found)):
+            _warn(f"image {k!r} not logged: {images[k]} does not exist")
+        if found:
+            run.log(found)
+    except Exception as e:
+        _warn(f"images not logged ({type(e).__name__}: {e})")
+
+
+def finish(run) -> None:
+    """``run.finish()``; never raises."""
+    if run is None:
+        return
+    try:
+        run.finish()
+    except Exception as e:
+        _warn(f"finishing the run failed ({type(e).__name__}: {e})")

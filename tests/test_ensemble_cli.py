@@ -1,0 +1,299 @@
+"""The ensemble command and ``dfsearch predict`` end to end, on a real (tiny) two-trial run folder:
+selection output, the offline W&B run, predictions that reproduce the stored ones exactly,
+unreadable images, and bad input."""
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dfsearch import checkpoint as ckpt_io
+from dfsearch import store, tracking
+from dfsearch.config import TrainConfig
+from dfsearch.data.discover import discover
+from dfsearch.ensemble_cli import latest_run, main
+from dfsearch.predict import add_parser as add_predict_parser
+from dfsearch.predict import predict_paths
+from dfsearch.train import fit_trial, trial_summary, write_store
+
+CFGS = [TrainConfig(arch="small_cnn", img_size=32, epochs=1, batch_size=32, lr=3e-3, seed=1),
+        TrainConfig(arch="small_cnn", img_size=32, epochs=1, batch_size=32, lr=1e-3, seed=2)]
+PLOTS = ("roc.png", "confusion.png", "trajectory.png")
+
+
+def _main(argv) -> tuple[int, str, str]:
+    """Run the ensemble command in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def run_dir(ray_local, easy_data, tmp_path_factory):
+    """A search-like output folder: two one-epoch trials collected into one store."""
+    base = tmp_path_factory.mktemp("ens")
+    index = discover(easy_data)
+    summaries = []
+    for i, cfg in enumerate(CFGS):
+        result = fit_trial(cfg, index.to_json(), workers=1, storage=str(base / "ray"), name=f"trial_{i}")
+        assert result.error is None
+        summaries.append(trial_summary(result, cfg, f"cand-{i}", f"trial_{i}"))
+    run = base / "search-tiny"
+    write_store(summaries, run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def ensembled(run_dir):
+    """``ensemble.py --run DIR --top-k 4 --json`` with an offline W&B run."""
+    rc, out, err = _main(["--run", run_dir, "--top-k", 4, "--json", "--wandb-mode", "offline"])
+    assert rc == 0, err
+    return dict(result=json.loads(out), out_dir=run_dir / "ensemble", stderr=err)
+
+
+def test_json_result_ensemble_file_and_plots(ensembled, run_dir):
+    result, out_dir = ensembled["result"], ensembled["out_dir"]
+    assert result["out_dir"] == str(out_dir)
+    on_disk = json.loads((out_dir / "ensemble.json").read_text())
+    assert on_disk["members"] == result["members"]
+    assert on_disk["source"] == str(run_dir.resolve())
+    weights = [m["weight"] for m in on_disk["members"]]
+    assert 1 <= len(weights) <= 2 and all(w > 0 for w in weights)
+    assert sum(weights) == pytest.approx(1.0)
+    cands = store.read_candidates(run_dir).set_index("candidate")
+    for m in on_disk["members"]:
+        assert m["checkpoint"] == cands.loc[m["candidate"], "checkpoint"]
+    for name in PLOTS:
+        assert (out_dir / name).stat().st_size > 1000
+    assert not [p for p in out_dir.parent.iterdir() if p.name.startswith(".ensemble-")]  # scratch removed
+
+
+def _wandb_records(path: Path) -> list:
+    """Records of an offline ``.wandb`` file (a LevelDB-style log: a 7-byte header, then 32 KiB
+    blocks of chunks, each with a 7-byte header: crc32c, little-endian length, type)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, buf, records = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # block trailer too small for a header: zero padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        buf += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST chunk: one record complete
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            records.append(rec)
+            buf = b""
+    return records
+
+
+def test_offline_wandb_run_holds_config_metrics_table_and_plots(ensembled, run_dir):
+    result, out_dir = ensembled["result"], ensembled["out_dir"]
+    runs = sorted((out_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    records = _wandb_records(next(runs[0].glob("run-*.wandb")))
+    kinds = [r.WhichOneof("record_type") for r in records]
+    run_rec = records[kinds.index("run")].run
+    assert run_rec.run_group == run_dir.name and run_rec.job_type == "ensemble"
+    assert run_rec.project == "dfsearch"
+
+    config = {i.key: json.loads(i.value_json) for i in run_rec.config.update}
+    for r in records:
+        if r.WhichOneof("record_type") == "config":
+            config.update({i.key: json.loads(i.value_json) for i in r.config.update})
+    assert config["top_k"] == 4 and config["metric"] == "accuracy" and config["rounds"] == 50
+    assert config["source"] == str(run_dir.resolve()) and config["nbest"] is None
+
+    logged = {}  # history, keyed by the key path: ("test/ensemble/accuracy",), ("roc", "_type")
+    for r in records:
+        if r.WhichOneof("record_type") == "history":
+            logged.update({tuple(i.nested_key) or (i.key,): json.loads(i.value_json) for i in r.history.item})
+    for who in ("ensemble", "best_single", "naive_top_k"):
+        for split in ("val", "test"):
+            for k in ("accuracy", "roc_auc", "log_loss"):
+                assert logged[(f"{split}/{who}/{k}",)] == pytest.approx(result[who][split][k])
+    assert logged[("best_round",)] == result["best_round"]
+    assert logged[("selection/round",)] == 50 and kinds.count("history") >= 50  # one step per round
+    assert logged[("members", "_type")] == "table-file" and logged[("members", "nrows")] == len(result["members"])
+    assert {logged[(k, "_type")] for k in ("roc", "confusion", "trajectory")} == {"image-file"}
+    assert len(list((runs[0] / "files" / "media" / "images").glob("*.png"))) == 3
+
+
+def _test_frame(run_dir) -> pd.DataFrame:
+    p = store.read_predictions(run_dir)
+    return p[p.split == "test"].pivot(index="sample_id", columns="candidate", values="prob_fake")
+
+
+def _sample_images(frame, n=6):
+    """n fake and n real test sample_ids."""
+    ids = sorted(frame.index)
+    return [s for s in ids if "/fake/" in s][:n] + [s for s in ids if "/real/" in s][:n]
+
+
+def test_predict_reproduces_the_weighted_stored_predictions(ensembled, run_dir, easy_data, tmp_path):
+    frame = _test_frame(run_dir)
+    ids = _sample_images(frame)
+    paths = [easy_data / s for s in ids]
+    # 1. the ensemble the command selected
+    members = ensembled["result"]["members"]
+    want = sum(m["weight"] * frame.loc[ids, m["candidate"]].to_numpy(np.float64) for m in members)
+    preds, errors = predict_paths(ensembled["out_dir"] / "ensemble.json", paths, batch_size=5)
+    assert errors == []
+    assert [p["path"] for p in preds] == [str(p) for p in paths]
+    np.testing.assert_allclose([p["prob_fake"] for p in preds], want, rtol=0, atol=1e-5)
+    assert [p["label"] for p in preds] == ["fake" if w >= 0.5 else "real" for w in want]
+    # 2. both candidates with unequal (unnormalised) weights: 1 and 3 -> 0.25 and 0.75
+    cands = store.read_candidates(run_dir)
+    doc = {"members": [{"candidate": c, "checkpoint": k, "weight": w}
+                       for c, k, w in zip(cands.candidate, cands.checkpoint, (1.0, 3.0))]}
+    (tmp_path / "two.json").write_text(json.dumps(doc))
+    want = 0.25 * frame.loc[ids, "cand-0"].to_numpy(np.float64) + 0.75 * frame.loc[ids, "cand-1"].to_numpy(np.float64)
+    preds, errors = predict_paths(tmp_path / "two.json", paths)
+    np.testing.assert_allclose([p["prob_fake"] for p in preds], want, rtol=0, atol=1e-5)
+
+
+def _predict_cli(argv) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser()
+    add_predict_parser(parser.add_subparsers())
+    args = parser.parse_args(["predict", *map(str, argv)])
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = args.func(args)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_unreadable_image_is_reported_and_the_rest_predicted(ensembled, run_dir, easy_data, tmp_path):
+    ids = _sample_images(_test_frame(run_dir), n=2)
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(easy_data / ids[0], folder / "a.jpg")
+    shutil.copy(easy_data / ids[1], folder / "sub" / "B.JPG")  # any case, recursive
+    shutil.copy(easy_data / ids[2], folder / "c.jpeg")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (folder / "notes.txt").write_text("ignored")
+    ens = ensembled["out_dir"] / "ensemble.json"
+
+    preds, errors = predict_paths(ens, [folder, easy_data / ids[3]])
+    assert [Path(p["path"]).name for p in preds] == ["a.jpg", "c.jpeg", "B.JPG", Path(ids[3]).name]
+    assert errors == [{"path": str(folder / "broken.png"), "reason": "not an image (unrecognised format)"}]
+
+    rc, out, err = _predict_cli(["--ensemble", ens, folder, "--json"])
+    doc = json.loads(out)
+    assert rc == 0 and len(doc["predictions"]) == 3 and doc["errors"][0]["path"].endswith("broken.png")
+    assert [m["candidate"] for m in doc["members"]] == [m["candidate"] for m in ensembled["result"]["members"]]
+    assert "4 images:" in err and "1 unreadable" in err
+
+    rc, out, err = _predict_cli(["--ensemble", ens, folder, "--csv", tmp_path / "p.csv"])
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert list(table.columns) == ["path", "prob_fake", "label"] and len(table) == 3
+    assert "broken.png" in err and "1 unreadable" in out.splitlines()[-1]
+
+
+def test_bad_top_k_and_empty_predictions_folder(run_dir, tmp_path):
+    rc, out, err = _main(["--run", run_dir, "--top-k", 0])
+    assert rc == 2 and out == "" and err.startswith("ensemble: error: --top-k 0: must be >= 1")
+    rc, out, err = _main(["--predictions", tmp_path, "--wandb-mode", "disabled"])
+    assert rc == 2 and "no predictions*.parquet" in err and str(tmp_path) in err
+
+
+def _copy_store(run_dir, dst: Path) -> dict:
+    """A copy of the store whose checkpoints are copies too, plus an always-wrong candidate whose
+    checkpoint does not exist (it is never selected, so it must not matter). {candidate: ckpt}."""
+    preds = store.read_predictions(run_dir)
+    wrong = preds[preds.candidate == "cand-0"].assign(candidate="always-wrong")
+    wrong["prob_fake"] = (1 - wrong["label"]).astype("float32")
+    store.write_predictions(pd.concat([preds, wrong], ignore_index=True), dst)
+    cands = store.read_candidates(run_dir)
+    ckpts = {}
+    for i, row in cands.iterrows():
+        ckpts[row.candidate] = dst / "ckpt" / row.candidate
+        shutil.copytree(row.checkpoint, ckpts[row.candidate])
+        cands.loc[i, "checkpoint"] = str(ckpts[row.candidate])
+    extra = cands.iloc[[0]].assign(candidate="always-wrong", checkpoint=str(dst / "no-such-checkpoint"))
+    store.write_candidates(pd.concat([cands, extra], ignore_index=True), dst)
+    return ckpts
+
+
+@pytest.mark.parametrize("damage", ["folder deleted", "weights deleted", "weights corrupted"])
+def test_broken_member_checkpoint_is_a_clear_error(run_dir, tmp_path, damage):
+    ckpts = _copy_store(run_dir, tmp_path / "store")
+    if damage == "folder deleted":  # the good copy works first: non-members are not checked
+        rc, out, err = _main(["--run", tmp_path / "store", "--wandb-mode", "disabled"])
+        assert rc == 0, err
+        assert "always-wrong" not in {m["candidate"] for m in
+                                      json.loads((tmp_path / "store/ensemble/ensemble.json").read_text())["members"]}
+        shutil.rmtree(tmp_path / "store/ensemble")
+    for folder in ckpts.values():  # damage every real candidate: whichever is selected, it fails
+        if damage == "folder deleted":
+            shutil.rmtree(folder)
+        elif damage == "weights deleted":
+            (folder / ckpt_io.WEIGHTS).unlink()
+        else:
+            (folder / ckpt_io.WEIGHTS).write_bytes((folder / ckpt_io.WEIGHTS).read_bytes()[:200])
+    rc, out, err = _main(["--run", tmp_path / "store", "--wandb-mode", "disabled"])
+    assert rc == 2 and out == ""
+    named = [c for c in ckpts if f"member {c!r}" in err]
+    assert len(named) == 1 and str(ckpts[named[0]]) in err, err
+    expect = {"folder deleted": "does not exist", "weights deleted": "missing model.safetensors",
+              "weights corrupted": "corrupted or unreadable weights"}[damage]
+    assert expect in err
+    assert not (tmp_path / "store/ensemble/ensemble.json").exists()  # nothing half-written
+
+
+def test_default_run_is_the_latest_under_runs(run_dir, tmp_path, monkeypatch):
+    for name, age in (("old", 100), ("new", 0)):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        shutil.copy(run_dir / store.PREDICTIONS_FILE, tmp_path / "runs" / name)
+        os.utime(tmp_path / "runs" / name / store.PREDICTIONS_FILE, (1e9 - age, 1e9 - age))
+    (tmp_path / "runs" / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert latest_run().name == "new"
+    rc, out, err = _main(["--wandb-mode", "disabled", "--rounds", 5])
+    assert rc == 0, err
+    assert "using the latest run" in err and str(tmp_path / "runs" / "new") in err
+    assert "next: dfsearch predict" not in out and "no checkpoint" in out  # no candidates.parquet there
+    assert (tmp_path / "runs/new/ensemble/ensemble.json").exists()
+    monkeypatch.chdir(tmp_path / "runs" / "empty")
+    rc, out, err = _main([])
+    assert rc == 2 and "no run found" in err
+
+
+def test_wandb_mode_needs_credentials_for_online(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("NETRC", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setattr(tracking, "_said_offline", False)
+    assert tracking.resolve_mode(None, dir=tmp_path / "out") == "offline"
+    assert tracking.resolve_mode("online") == "offline"  # no credentials: never online
+    err = capsys.readouterr().err
+    assert err.count("no credentials found") == 1 and str(tmp_path / "out" / "wandb") in err
+    assert tracking.resolve_mode("disabled") == "disabled"
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert tracking.resolve_mode(None) == "online"
+    (tmp_path / ".netrc").unlink()
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert tracking.resolve_mode(None) == "online"
+    assert tracking.resolve_mode("offline") == "offline"
+    # wandb failures never raise: None and a warning
+    monkeypatch.setattr(tracking, "INIT_TIMEOUT_S", 1.0)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    run = tracking.start_run("online", "dfsearch", "g", "ensemble", "n", {"a": 1}, tmp_path / "w")
+    assert run is None and "continuing without W&B" in capsys.readouterr().err
+    for fn, args in ((tracking.log, ({"a": 1},)), (tracking.log_table, ("t", pd.DataFrame())),
+                     (tracking.log_images, ({"x": "x.png"},)), (tracking.finish, ())):
+        fn(None, *args)

@@ -1,0 +1,206 @@
+"""The search: Tune + Optuna (TPE) + ASHA over Ray Train DDP trials.
+
+All searches here run on a Ray started WITHOUT the dashboard, the setting in which Ray's own
+placement-group cleaner cannot work and stock Train-under-Tune hung at the third trial."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from dfsearch import search, store
+from dfsearch.search_cli import build_parser
+from tests.wandb_offline import read_run
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _args(argv, **extra):
+    args = build_parser().parse_args([str(a) for a in argv])
+    for k, v in extra.items():
+        setattr(args, k, v)
+    return args
+
+
+@pytest.fixture(scope="module")
+def seq(ray_local, easy_data, tmp_path_factory):
+    """4 sequential trials of 2 DDP workers each, ASHA stopping some: the pattern that hung."""
+    out = tmp_path_factory.mktemp("search")
+    rc = search.run(_args(["--space", "cnn", "--data", easy_data, "--out", out, "--name", "seq",
+                           "--num-samples", 4, "--max-epochs", 2, "--workers-per-trial", 2,
+                           "--max-concurrent", 1, "--wandb-mode", "offline", "--seed", 3]))
+    return dict(rc=rc, run=out / "seq", trials=pd.read_parquet(out / "seq" / search.TRIALS_FILE))
+
+
+def test_four_sequential_trials_complete_and_free_their_resources(seq, ray_local):
+    assert seq["rc"] == 0
+    t = seq["trials"]
+    assert len(t) == 4 and t.trial_id.is_unique
+    assert set(t.status) <= {"completed", "pruned"}, t[["trial_id", "status", "reason"]]
+    # nothing is left reserved: every placement group is gone and all CPUs are free again
+    table = ray_local.util.placement_group_table()
+    assert all(pg["state"] == "REMOVED" for pg in table.values()), table
+    deadline = time.time() + 30
+    while ray_local.available_resources().get("CPU", 0) < ray_local.cluster_resources()["CPU"] and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray_local.available_resources().get("CPU", 0) == ray_local.cluster_resources()["CPU"]
+
+
+def test_trials_table_and_store(seq):
+    t, run = seq["trials"], seq["run"]
+    for col in ("trial_id", "arch", "lr", "weight_decay", "unfrozen", "batch_size", "optimizer", "aug_hflip",
+                "status", "reason", "epochs", "val_acc", "val_auc", "val_loss", "wall_time_s", "checkpoint"):
+        assert col in t.columns, col
+    assert (t[t.status == "completed"].epochs == 2).all() and (t[t.status == "pruned"].epochs < 2).all()
+    # only the best checkpoint of each trial is kept, and it holds that trial's predictions
+    for row in t.itertuples():
+        ckpts = [c for c in (run / "train" / row.trial_id).glob("checkpoint_*") if c.is_dir()]
+        assert [str(c) for c in ckpts] == [row.checkpoint]
+        assert (Path(row.checkpoint) / store.PREDICTIONS_FILE).exists()
+    cands = store.read_candidates(run)
+    preds = store.read_predictions(run)
+    assert set(cands.candidate) == set(t.trial_id) == set(preds.candidate)
+    assert set(preds.split) == {"val", "test"}
+
+
+def test_searcher_reports_pruned_failed_and_complete_trials_honestly(tmp_path):
+    from dfsearch import search_space
+
+    space = search_space.load("cnn")
+    searcher = search.make_searcher(space, tmp_path, "unit", max_epochs=3, seed=0)
+    State = optuna.trial.TrialState
+    for tid, results, error, state in [
+        ("stopped", [0.6], False, State.PRUNED),          # ASHA stopped it after 1 of 3 epochs
+        ("done", [0.6, 0.7, 0.8], False, State.COMPLETE),
+        ("crashed", [0.6], True, State.FAIL),
+        ("nan", [0.0], False, State.FAIL),
+    ]:
+        config = searcher.suggest(tid)
+        assert config["arch"] == "small_cnn" and "lr" in config["small_cnn"]
+        for epoch, v in enumerate(results, 1):
+            r = {"val_acc": v, "epoch": epoch, "training_iteration": epoch, "nan_loss": tid == "nan"}
+            searcher.on_trial_result(tid, r)
+        searcher.on_trial_complete(tid, result=None if error else r, error=error)
+        ot = searcher._ot_study.trials[-1]
+        assert ot.state == state, tid
+        # Optuna keeps a pruned trial's last intermediate value; TPE ranks PRUNED below COMPLETE
+        assert ot.value == {State.COMPLETE: 0.8, State.PRUNED: 0.6, State.FAIL: None}[state]
+        assert len(ot.intermediate_values) == len(results)  # pruned trials keep their curve for TPE
+
+
+def test_optuna_hears_the_truth_about_pruned_trials(seq):
+    t, run = seq["trials"], seq["run"]
+    study = optuna.load_study(study_name="seq", storage=f"sqlite:///{run / 'optuna.db'}")
+    by_lr = {tr.params["small_cnn/lr"]: tr for tr in study.trials}
+    assert len(by_lr) == 4
+    for row in t.itertuples():
+        ot = by_lr[row.lr]
+        if row.status == "pruned":
+            assert ot.state == optuna.trial.TrialState.PRUNED
+        else:
+            assert ot.state == optuna.trial.TrialState.COMPLETE
+            assert ot.value == pytest.approx(ot.intermediate_values[2])  # the final epoch's value
+        assert len(ot.intermediate_values) == row.epochs  # the last report is in the curve too
+
+
+def test_every_trial_is_a_wandb_run_with_config_and_metrics(seq):
+    runs = [read_run(d) for d in sorted((seq["run"] / "wandb").glob("offline-run-*"))]
+    trial_runs = [r for r in runs if r["job_type"] == "trial"]
+    assert len(trial_runs) == 4 and all(r["group"] == "seq" for r in runs)
+    t = seq["trials"].set_index("trial_id")
+    for r in trial_runs:
+        row = t.loc[r["config"]["trial_id"]]
+        assert r["config"]["lr"] == pytest.approx(row.lr) and r["config"]["arch"] == "small_cnn"
+        epochs = [h["epoch"] for h in r["history"] if "epoch" in h]
+        assert epochs == list(range(1, row.epochs + 1))
+        assert all("val_acc" in h for h in r["history"] if "epoch" in h)
+    search_runs = [r for r in runs if r["job_type"] == "search"]
+    assert len(search_runs) == 1
+    logged = {k: v for h in search_runs[0]["history"] for k, v in h.items()}
+    assert logged["trials/_type"] == "table-file" and logged["trials/nrows"] == 4
+    assert logged["optuna_history/_type"] == "image-file"
+
+
+@pytest.fixture(scope="module")
+def concurrent(ray_local, easy_data, tmp_path_factory):
+    """Two trials at a time (1 worker each); mobilenet trials crash, small_cnn trials go NaN or not."""
+    out = tmp_path_factory.mktemp("conc")
+    space = out / "two.yaml"
+    space.write_text((REPO / "search_spaces" / "all_models.yaml").read_text().replace(
+        "metric: val_acc", "metric: val_acc\nonly: [small_cnn, mobilenetv2_100]"))
+    faults = {"mobilenetv2_100": {"kind": "raise", "after_epoch": 0}}  # raises before training
+    rc = search.run(_args(["--space", space, "--data", easy_data, "--out", out, "--name", "conc",
+                           "--num-samples", 4, "--max-epochs", 1, "--workers-per-trial", 1,
+                           "--wandb-mode", "disabled", "--seed", 0], faults=faults))
+    return dict(rc=rc, trials=pd.read_parquet(out / "conc" / search.TRIALS_FILE))
+
+
+def test_two_trials_run_at_once_and_a_crashing_trial_is_recorded(concurrent):
+    t = concurrent["trials"]
+    assert concurrent["rc"] == 0 and len(t) == 4
+    assert set(t.arch) == {"small_cnn", "mobilenetv2_100"}
+    for row in t.itertuples():
+        if row.arch == "mobilenetv2_100":
+            assert row.status == "failed" and "injected fault" in row.reason
+        else:
+            assert row.status == "completed"
+    # the cluster (4 CPUs) fits two 1-worker trials: their run intervals overlap
+    spans = sorted((r.start, r.start + r.wall_time_s) for r in t.itertuples())
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans
+
+
+def test_nan_loss_stops_the_trial_and_marks_it(ray_local, easy_data, tmp_path):
+    rc = search.run(_args(["--space", "cnn", "--data", easy_data, "--out", tmp_path, "--name", "nan",
+                           "--num-samples", 1, "--max-epochs", 2, "--workers-per-trial", 1,
+                           "--wandb-mode", "disabled"], faults={"small_cnn": {"kind": "nan"}}))
+    t = pd.read_parquet(tmp_path / "nan" / search.TRIALS_FILE)
+    assert rc == 1  # nothing finished
+    assert list(t.status) == ["failed"] and "NaN" in t.reason[0] and t.epochs[0] == 1
+    study = optuna.load_study(study_name="nan", storage=f"sqlite:///{tmp_path / 'nan' / 'optuna.db'}")
+    assert [tr.state for tr in study.trials] == [optuna.trial.TrialState.FAIL]
+
+
+def test_killed_search_resumes_without_losing_or_repeating_trials(easy_data, tmp_path):
+    """Kill a real search (driver and its local Ray, SIGKILL) after two trials, then --resume."""
+    cmd = [sys.executable, str(REPO / "run_search.py"), "--space", "cnn", "--data", str(easy_data),
+           "--out", str(tmp_path), "--name", "r", "--num-samples", "4", "--max-epochs", "1",
+           "--workers-per-trial", "1", "--max-concurrent", "1", "--no-dashboard", "--wandb-mode", "disabled"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = tmp_path / "r"
+    with open(tmp_path / "first.log", "w") as log:
+        p = subprocess.Popen(cmd, start_new_session=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + 400
+        progress = run / search.PROGRESS_FILE
+        while time.time() < deadline and p.poll() is None:
+            if progress.exists() and len(progress.read_text().splitlines()) >= 2:
+                break
+            time.sleep(1)
+        time.sleep(5)  # > TUNE_GLOBAL_CHECKPOINT_S: Tune has saved the two finished trials
+        assert p.poll() is None, "the search ended before it could be killed"
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    before = [json.loads(line) for line in progress.read_text().splitlines()]
+    done_before = {b["trial_id"] for b in before}
+    kept = {tid: sorted(c.name for c in (run / "train" / tid).glob("checkpoint_*") if c.is_dir())
+            for tid in done_before}
+    assert not (run / search.TRIALS_FILE).exists()
+
+    res = subprocess.run(cmd + ["--resume", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    t = pd.read_parquet(run / search.TRIALS_FILE)
+    assert len(t) == 4 and t.trial_id.is_unique and report["trials"] == 4
+    assert set(t.status) <= {"completed", "pruned"}
+    assert done_before <= set(t.trial_id)
+    for tid, names in kept.items():  # not re-run: the same checkpoint, no new ones
+        assert sorted(c.name for c in (run / "train" / tid).glob("checkpoint_*") if c.is_dir()) == names
+    study = optuna.load_study(study_name="r", storage=f"sqlite:///{run / 'optuna.db'}")
+    finished = [tr for tr in study.trials if tr.state.is_finished()]
+    assert len(finished) >= 4  # the study went on from where it was

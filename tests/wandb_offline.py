@@ -1,0 +1,44 @@
+"""Read W&B offline run files (``offline-run-*/run-*.wandb``) in tests: no server needed."""
+
+import json
+from pathlib import Path
+
+
+def records(path: Path) -> list:
+    """Records of an offline ``.wandb`` file (a LevelDB-style log: a 7-byte header, then 32 KiB
+    blocks of chunks, each with a 7-byte header: crc32c, little-endian length, type)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, buf, out = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # block trailer too small for a header: zero padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        buf += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST chunk: one record complete
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            out.append(rec)
+            buf = b""
+    return out
+
+
+def read_run(run_dir: Path) -> dict:
+    """``{"group", "job_type", "project", "name", "config": {...}, "history": [{...}, ...]}``."""
+    recs = records(next(Path(run_dir).glob("run-*.wandb")))
+    out = {"config": {}, "history": []}
+    for r in recs:
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            out.update(group=r.run.run_group, job_type=r.run.job_type, project=r.run.project, name=r.run.display_name)
+            out["config"].update({i.key: json.loads(i.value_json) for i in r.run.config.update})
+        elif kind == "config":
+            out["config"].update({i.key: json.loads(i.value_json) for i in r.config.update})
+        elif kind == "history":
+            out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
+    out["config"] = {k: (v["value"] if isinstance(v, dict) and "value" in v else v) for k, v in out["config"].items()}
+    return out
