@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/dfsearch train --arch small_cnn --epochs 3 --workers 2 --out runs/demo
+	$(PY) run_search.py --space all_models
+	$(PY) ensemble.py --top-k 4
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q -p no:cacheprovider

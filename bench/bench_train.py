@@ -104,6 +104,14 @@ def make_instrumented_loop(stamp_file: str):
 
         stamps = {"entry": t_entry, "threads": _torch.get_num_threads(),
                   "omp_env": os.environ.get("OMP_NUM_THREADS")}
+        try:  # when this worker process was started (Linux): /proc/self/stat field 22 vs /proc/uptime
+            with open("/proc/self/stat") as f:
+                start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+            with open("/proc/uptime") as f:
+                uptime = float(f.read().split()[0])
+            stamps["proc_start"] = _time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+        except (OSError, ValueError, IndexError):
+            pass
         orig = loading.ShardSampler.set_epoch
         orig_reduce = T._all_reduce_sum
 
@@ -232,26 +240,28 @@ def bench_ray_vs_plain(archs, index, steps, repeats, work: Path) -> dict:
     print(f"\n== a. Ray Train worker loop (fit_trial, 1 worker) vs plain PyTorch loop (fresh process): {steps} "
           f"steps x batch {BATCH}, {IMG} px, 1 torch thread each; {repeats} interleaved repeats", flush=True)
     for arch in archs:
-        ray_s, plain_s, ray_cpu, plain_cpu, threads = [], [], [], [], set()
+        ray_s, plain_s, ray_cpu, plain_cpu, after, threads = [], [], [], [], [], set()
         for r in range(repeats):
             res, st, _, _ = fit_instrumented(cfg_for(arch), index.to_json(), storage=str(work / "runs"),
                                              name=f"a-{arch}-{r}", stamp_file=str(work / f"a-{arch}-{r}.json"),
                                              max_train_batches=steps)
             ray_s.append(float(res.metrics["train_time_s"]))
             ray_cpu.append(st["cpu_end"] - st["cpu_start"])
+            after.append(st["exit"] - st["loop_end"])
             threads.add((st["threads"], st["omp_env"]))
             wall, cpu = plain_in_fresh_process(arch, index.root, steps)
             plain_s.append(wall)
             plain_cpu.append(cpu)
             print(f"  {arch:<10} rep {r + 1}: ray {steps * BATCH / ray_s[-1]:6.1f} img/s  "
                   f"plain {steps * BATCH / plain_s[-1]:6.1f} img/s   (CPU s/step: ray worker process "
-                  f"{ray_cpu[-1] / steps:.3f}, plain process {plain_cpu[-1] / steps:.3f})", flush=True)
+                  f"{ray_cpu[-1] / steps:.3f}, plain process {plain_cpu[-1] / steps:.3f}; ray worker after the "
+                  f"steps: {after[-1]:.1f} s of val/test predict + checkpoint + report)", flush=True)
         ray_ips = steps * BATCH / med(ray_s)
         plain_ips = steps * BATCH / med(plain_s)
         paired = med([r / p for r, p in zip(ray_s, plain_s)])
         cpu_ratio = med(ray_cpu) / med(plain_cpu)
         out[arch] = dict(ray_ips=ray_ips, plain_ips=plain_ips, ratio=plain_ips / ray_ips, paired=paired,
-                         cpu_ratio=cpu_ratio, ray_cpu_step=med(ray_cpu) / steps,
+                         cpu_ratio=cpu_ratio, ray_cpu_step=med(ray_cpu) / steps, after_loop_s=med(after),
                          plain_cpu_step=med(plain_cpu) / steps,
                          worker_threads=sorted(threads), plain_threads=1)
         print(f"RESULT a {arch}: ray {ray_ips:.1f} img/s, plain {plain_ips:.1f} img/s (medians) -> "
@@ -389,6 +399,8 @@ def overhead_child(variant: str, data: str, work: str, out_file: str) -> None:
     train = float(m["train_time_s"])
     rec = dict(variant=variant, env={k: os.environ.get(k) for k in SPEED_ENV},
                imports_s=t_init0 - t_start, ray_init_s=t_init1 - t_init0,
+               to_worker_proc_s=st.get("proc_start", float("nan")) - t_call,
+               proc_to_loop_s=st["entry"] - st.get("proc_start", float("nan")),
                to_worker_s=st["entry"] - t_call, worker_setup_s=st["loop_start"] - st["entry"],
                to_first_step_s=st["loop_start"] - t_call, train_s=train,
                after_loop_s=st["exit"] - (st["loop_start"] + train), teardown_s=t_ret - st["exit"],
@@ -422,12 +434,18 @@ def bench_overhead(data: Path, repeats: int, work: Path) -> dict:
             rec["process_s"] = time.time() - t0
             recs[v].append(rec)
             print(f"  rep {r + 1} {v:<12}: process {rec['process_s']:5.1f} s, ray.init {rec['ray_init_s']:4.1f} s, "
-                  f"fit_trial {rec['fit_wall_s']:5.1f} s (first step at +{rec['to_first_step_s']:.1f} s, "
-                  f"train {rec['train_s']:.1f} s)", flush=True)
-    keys = ["process_s", "imports_s", "ray_init_s", "to_worker_s", "worker_setup_s", "to_first_step_s", "train_s",
+                  f"fit_trial {rec['fit_wall_s']:5.1f} s (worker process at +{rec['to_worker_proc_s']:.1f} s, "
+                  f"loop fn at +{rec['to_worker_s']:.1f} s, first step at +{rec['to_first_step_s']:.1f} s, "
+                  f"train {rec['train_s']:.1f} s, after loop {rec['after_loop_s']:.1f} s, teardown "
+                  f"{rec['teardown_s']:.1f} s)", flush=True)
+    keys = ["process_s", "imports_s", "ray_init_s", "to_worker_proc_s", "proc_to_loop_s", "to_worker_s",
+            "worker_setup_s", "to_first_step_s", "train_s",
             "after_loop_s", "teardown_s", "fit_wall_s", "wall_minus_train_s"]
     labels = {"process_s": "whole process (python start .. exit)", "imports_s": "imports + discover",
-              "ray_init_s": "ray.init", "to_worker_s": "fit_trial call -> worker loop entered",
+              "ray_init_s": "ray.init",
+              "to_worker_proc_s": "fit_trial call -> worker process started",
+              "proc_to_loop_s": "worker process start -> train loop function entered",
+              "to_worker_s": "= fit_trial call -> train loop function entered",
               "worker_setup_s": "worker setup (model, data, optimizer, DDP)",
               "to_first_step_s": "= fit_trial call -> first training step", "train_s": "training steps (train_time_s)",
               "after_loop_s": "after the steps: val/test predict, checkpoint, report",
@@ -460,7 +478,7 @@ def main() -> None:
     if args.quick:
         a_steps, a_rep, b_steps, b_rep, c_rep = 6, 2, 5, 3, 2  # c: 2 (smoke test); default mode runs 3
     else:
-        a_steps, a_rep, b_steps, b_rep, c_rep = 16, 3, 10, 4, 3
+        a_steps, a_rep, b_steps, b_rep, c_rep = 12, 3, 8, 4, 3
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)  # + OMP_NUM_THREADS=1 (top of file) = what Ray gives a 1-CPU worker
@@ -502,9 +520,10 @@ def main() -> None:
         if "c" in res:
             for v, r in res["c"].items():
                 print(f"c. {v:<12} ray.init {r['ray_init_s']:.1f} s | fit_trial -> first step "
-                      f"{r['to_first_step_s']:.1f} s | fit wall {r['fit_wall_s']:.1f} s - train "
-                      f"{r['train_s']:.1f} s = {r['wall_minus_train_s']:.1f} s overhead | whole process "
-                      f"{r['process_s']:.1f} s")
+                      f"{r['to_first_step_s']:.1f} s (worker process started at {r['to_worker_proc_s']:.1f} s) | "
+                      f"fit wall {r['fit_wall_s']:.1f} s - train {r['train_s']:.1f} s = "
+                      f"{r['wall_minus_train_s']:.1f} s overhead (after loop {r['after_loop_s']:.1f} s, teardown "
+                      f"{r['teardown_s']:.1f} s) | whole process {r['process_s']:.1f} s")
         print("load average (1 min) at start -> end of each part: " + ", ".join(
             f"{p} {a:.1f} -> {b:.1f} ({t:.0f} s)" for p, (a, b, t) in loads.items()) +
             f" on {os.cpu_count()} CPUs (wall-time ratios are only as good as the load was steady; the CPU-time "

@@ -9,4 +9,4 @@ Label convention everywhere: real = 0, fake = 1.
 
 __version__ = "0.1.0"
 
-from dfsearch.errors import DfsearchError  # noqa: F401
+from dfsearch.errors import DfsearchError  # noqa: F401  (re-exported)

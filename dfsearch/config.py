@@ -6,8 +6,6 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from dfsearch import models
-
 METRICS = ("val_acc", "val_auc", "val_loss")
 
 
@@ -57,6 +55,8 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self):
+        from dfsearch import models
+
         models.validate(self.arch, self.num_classes, self.img_size)  # DfsearchError names the arch
         from timm.optim import list_optimizers
 

@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dfsearch import models
 from dfsearch.config import AugConfig, TrainConfig
 from dfsearch.errors import DfsearchError
 
@@ -129,6 +128,8 @@ def _accepted_keys(loc) -> list[str]:
 
 def _check_param(path: Path, where: str, key: str, spec, arch: str):
     """Validate one parameter spec; returns a constant or (kind, args)."""
+    from dfsearch import models
+
     if not isinstance(spec, dict):
         return spec
     if len(spec) != 1 or next(iter(spec)) not in KINDS:
@@ -169,6 +170,8 @@ def _extreme_values(spec):
 
 
 def _check_arch(path: Path, arch: str, params: dict) -> dict:
+    from dfsearch import models
+
     if arch not in models.REGISTRY:
         raise DfsearchError(f"{path}: field archs.{arch}: unknown arch; known: {', '.join(models.known_archs())}")
     if not isinstance(params, dict):
@@ -208,6 +211,8 @@ def _check_arch(path: Path, arch: str, params: dict) -> dict:
 
 def load(name_or_path: str | Path) -> Space:
     """Load and validate a space by name (``search_spaces/NAME.yaml``) or path."""
+    from dfsearch import models
+
     path = _resolve_path(name_or_path)
     f = _read(path)
     metric, profiles, archs_raw = f.metric, dict(f.profiles), dict(f.archs)

@@ -22,6 +22,7 @@ from dfsearch.ensemble_cli import latest_run, main
 from dfsearch.predict import add_parser as add_predict_parser
 from dfsearch.predict import predict_paths
 from dfsearch.train import fit_trial, trial_summary, write_store
+from tests.wandb_offline import records as wandb_records
 
 CFGS = [TrainConfig(arch="small_cnn", img_size=32, epochs=1, batch_size=32, lr=3e-3, seed=1),
         TrainConfig(arch="small_cnn", img_size=32, epochs=1, batch_size=32, lr=1e-3, seed=2)]
@@ -76,34 +77,11 @@ def test_json_result_ensemble_file_and_plots(ensembled, run_dir):
     assert not [p for p in out_dir.parent.iterdir() if p.name.startswith(".ensemble-")]  # scratch removed
 
 
-def _wandb_records(path: Path) -> list:
-    """Records of an offline ``.wandb`` file (a LevelDB-style log: a 7-byte header, then 32 KiB
-    blocks of chunks, each with a 7-byte header: crc32c, little-endian length, type)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    pos, block, buf, records = 7, 32768, b"", []
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # block trailer too small for a header: zero padding
-            pos += block - pos % block
-            continue
-        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-        buf += data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):  # FULL or LAST chunk: one record complete
-            rec = pb.Record()
-            rec.ParseFromString(buf)
-            records.append(rec)
-            buf = b""
-    return records
-
-
 def test_offline_wandb_run_holds_config_metrics_table_and_plots(ensembled, run_dir):
     result, out_dir = ensembled["result"], ensembled["out_dir"]
     runs = sorted((out_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    records = _wandb_records(next(runs[0].glob("run-*.wandb")))
+    records = wandb_records(next(runs[0].glob("run-*.wandb")))
     kinds = [r.WhichOneof("record_type") for r in records]
     run_rec = records[kinds.index("run")].run
     assert run_rec.run_group == run_dir.name and run_rec.job_type == "ensemble"
