@@ -203,7 +203,8 @@ def _check_arch(path: Path, arch: str, params: dict) -> dict:
                         aug=AugConfig(**aug), **pick)
         except ValidationError as e:
             err = e.errors()[0]
-            raise DfsearchError(f"{path}: field archs.{arch}.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            sub = "aug." if e.title == AugConfig.__name__ else ""  # AugConfig's loc omits its own key
+            raise DfsearchError(f"{path}: field archs.{arch}.{sub}{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
         except DfsearchError as e:
             raise DfsearchError(f"{path}: field archs.{arch}: {e}") from None
     return out
@@ -237,7 +238,7 @@ def load(name_or_path: str | Path) -> Space:
     for pname, prof in profiles.items():
         if prof.grace_period > prof.max_epochs:
             raise DfsearchError(f"{path}: field profiles.{pname}.grace_period: {prof.grace_period} > "
-                                f"max_epochs {prof.max_epochs}")
+                                f"max_epochs {prof.max_epochs}; need 1 <= grace_period <= max_epochs")
     return Space(path.stem, path, metric or "val_acc", profiles, archs)
 
 

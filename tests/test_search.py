@@ -204,3 +204,27 @@ def test_killed_search_resumes_without_losing_or_repeating_trials(easy_data, tmp
     study = optuna.load_study(study_name="r", storage=f"sqlite:///{run / 'optuna.db'}")
     finished = [tr for tr in study.trials if tr.state.is_finished()]
     assert len(finished) >= 4  # the study went on from where it was
+
+
+def test_search_run_dir_feeds_the_ensemble_and_predict(seq, easy_data, capsys):
+    """End to end: the search's run dir -> `ensemble.py --top-k 4` -> `dfsearch predict` gives the
+    ensemble-weighted stored test probabilities for the same images."""
+    import numpy as np
+
+    from dfsearch.ensemble_cli import main as ensemble_main
+    from dfsearch.predict import predict_paths
+
+    rc = ensemble_main(["--run", str(seq["run"]), "--top-k", "4", "--wandb-mode", "disabled", "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    result = json.loads(out)
+    members = result["members"]
+    assert 1 <= len(members) <= 4 and sum(m["weight"] for m in members) == pytest.approx(1.0)
+    ensemble_json = Path(result["out_dir"]) / "ensemble.json"
+    preds = store.read_predictions(seq["run"])
+    test = preds[preds.split == "test"].pivot(index="sample_id", columns="candidate", values="prob_fake")
+    ids = list(test.index[:6])
+    want = sum(m["weight"] * test.loc[ids, m["candidate"]].to_numpy(np.float64) for m in members)
+    got, errors = predict_paths(ensemble_json, [easy_data / s for s in ids])
+    assert errors == []
+    np.testing.assert_allclose([g["prob_fake"] for g in got], want, rtol=0, atol=1e-5)

@@ -1,0 +1,384 @@
+"""The model registry: building, freezing (groups, FrozenBatchNorm), and pretrained weights from
+local files / directories, offline errors. Everything runs on CPU with tiny inputs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+import torch.nn as nn
+from timm.utils.model import FrozenBatchNorm2d  # what timm.utils.freeze converts BatchNorm2d into
+
+from dfsearch import models
+from dfsearch.errors import DfsearchError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- building
+
+@pytest.mark.parametrize("arch", models.known_archs())
+@pytest.mark.parametrize("num_classes", [1, 2])
+def test_every_arch_builds_and_outputs_the_right_shape(arch, num_classes):
+    size = models.get_spec(arch).min_img_size
+    torch.manual_seed(0)
+    model = models.create(arch, num_classes=num_classes, img_size=size).eval()
+    with torch.no_grad():
+        out = model(torch.randn(3, 3, size, size))
+    assert out.shape == (3, num_classes)
+    assert torch.isfinite(out).all()
+    p = models.prob_fake(out)
+    assert p.shape == (3,) and ((p >= 0) & (p <= 1)).all()
+
+
+def test_registry_has_the_documented_archs():
+    assert {"small_cnn", "resnet18", "mobilenetv2_100", "vit_tiny_patch16_224"} <= set(models.known_archs())
+
+
+def test_unknown_arch_lists_known_ones():
+    with pytest.raises(DfsearchError) as e:
+        models.create("resnet9000")
+    msg = str(e.value)
+    assert "resnet9000" in msg
+    for arch in models.known_archs():
+        assert arch in msg
+
+
+def test_bad_num_classes_and_img_size():
+    with pytest.raises(DfsearchError, match="num_classes"):
+        models.create("small_cnn", num_classes=3)
+    with pytest.raises(DfsearchError, match="too small"):
+        models.create("vit_tiny_patch16_224", img_size=16)
+    with pytest.raises(DfsearchError, match="multiple of the patch size 16"):
+        models.create("vit_tiny_patch16_224", img_size=72)
+
+
+def test_data_config():
+    assert models.data_config("resnet18", 96)["input_size"] == (3, 96, 96)
+    assert models.data_config("resnet18", 64)["mean"] == models.IMAGENET_MEAN
+    assert models.data_config("small_cnn", 32) == dict(input_size=(3, 32, 32), mean=models.IMAGENET_MEAN,
+                                                       std=models.IMAGENET_STD)
+    # timm's own pretrained config for the ViT (its weights were trained with 0.5/0.5 normalisation)
+    cfg = timm.get_pretrained_cfg("vit_tiny_patch16_224")
+    assert models.data_config("vit_tiny_patch16_224", 64)["mean"] == tuple(cfg.mean)
+    assert models.data_config("vit_tiny_patch16_224", 64)["std"] == tuple(cfg.std)
+
+
+def test_num_groups_matches_layer_groups():
+    expected = {"resnet18": 6, "small_cnn": 4}  # stem, layer1..4, fc / stem, 2 blocks, fc
+    for arch, n in expected.items():
+        assert models.num_groups(arch) == n
+    for arch in models.known_archs():
+        m = models.create(arch, img_size=max(64, models.get_spec(arch).min_img_size))
+        assert len(models.layer_groups(m)) == models.num_groups(arch)
+        # every parameter is in exactly one group
+        names = [n for g in models.layer_groups(m).values() for n in g]
+        assert sorted(names) == sorted(n for n, _ in m.named_parameters())
+
+
+# ----------------------------------------------------------------------------- freezing
+
+def _trainable(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _bn_stats(model, names):
+    return {n: (model.get_submodule(n).running_mean.clone(), model.get_submodule(n).running_var.clone())
+            for n in names}
+
+
+def _forward_train_mode(model, size, steps=3):
+    model.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for _ in range(steps):
+            model(torch.randn(4, 3, size, size) * 2 + 0.5)
+
+
+def test_freeze_resnet18_top2():
+    torch.manual_seed(0)
+    model = models.create("resnet18", num_classes=1, img_size=64)
+    all_names = {n for n, _ in model.named_parameters()}
+    report = models.freeze_to_top(model, 2)
+
+    expected = {n for n in all_names if n.startswith(("layer4.", "fc."))}
+    assert _trainable(model) == expected
+    assert report["groups"] == 6 and report["unfrozen"] == 2
+    assert report["trainable_params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert report["total_params"] == sum(p.numel() for p in model.parameters())
+    assert report["trainable_params"] < report["total_params"]
+
+    frozen_bn = [n for n, m in model.named_modules() if isinstance(m, FrozenBatchNorm2d)]
+    live_bn = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    # every BN below layer4 was converted, every BN in layer4 was left alone
+    assert "bn1" in frozen_bn and "layer3.1.bn2" in frozen_bn and "layer2.0.downsample.1" in frozen_bn
+    assert all(not n.startswith("layer4.") for n in frozen_bn)
+    assert live_bn and all(n.startswith("layer4.") for n in live_bn)
+    assert "layer4.0.downsample.1" in live_bn
+
+    before_frozen = _bn_stats(model, frozen_bn)
+    before_live = _bn_stats(model, live_bn)
+    _forward_train_mode(model, 64)
+    after_frozen = _bn_stats(model, frozen_bn)
+    after_live = _bn_stats(model, live_bn)
+    for n in frozen_bn:
+        assert torch.equal(before_frozen[n][0], after_frozen[n][0]), n
+        assert torch.equal(before_frozen[n][1], after_frozen[n][1]), n
+    for n in live_bn:
+        assert not torch.equal(before_live[n][0], after_live[n][0]), n
+        assert not torch.equal(before_live[n][1], after_live[n][1]), n
+
+
+def test_freeze_frozen_params_get_no_gradient():
+    model = models.create("resnet18", num_classes=1, img_size=64)
+    models.freeze_to_top(model, 1)
+    model.train()
+    out = model(torch.randn(2, 3, 64, 64))
+    out.sum().backward()
+    for n, p in model.named_parameters():
+        if n.startswith("fc."):
+            assert p.grad is not None and p.grad.abs().sum() > 0
+        else:
+            assert p.grad is None, n
+
+
+@pytest.mark.parametrize("k", ["all", None, 6])
+def test_freeze_all_trains_everything(k):
+    model = models.create("resnet18", num_classes=1, img_size=64)
+    report = models.freeze_to_top(model, k)
+    assert _trainable(model) == {n for n, _ in model.named_parameters()}
+    assert report["unfrozen"] == 6
+    assert report["trainable_params"] == report["total_params"]
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("k", [0, 7, -1, "two"])
+def test_freeze_out_of_range(k):
+    model = models.create("resnet18", num_classes=1, img_size=64)
+    with pytest.raises(DfsearchError) as e:
+        models.freeze_to_top(model, k)
+    msg = str(e.value)
+    assert "6 layer groups" in msg and "1..6" in msg and "'all'" in msg
+    assert all(p.requires_grad for p in model.parameters())  # nothing half-frozen
+
+
+def test_freeze_small_cnn():
+    torch.manual_seed(0)
+    model = models.create("small_cnn", num_classes=2, img_size=32)
+    all_names = {n for n, _ in model.named_parameters()}
+    report = models.freeze_to_top(model, 2)  # groups: stem, blocks.0, blocks.1, fc
+    assert report["groups"] == 4
+    assert _trainable(model) == {n for n in all_names if n.startswith(("blocks.1.", "fc."))}
+    assert report["trainable_params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen_bn = sorted(n for n, m in model.named_modules() if isinstance(m, FrozenBatchNorm2d))
+    live_bn = sorted(n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d))
+    assert frozen_bn == ["blocks.0.1", "stem.1"]
+    assert live_bn == ["blocks.1.1"]
+    before = _bn_stats(model, frozen_bn + live_bn)
+    _forward_train_mode(model, 32)
+    after = _bn_stats(model, frozen_bn + live_bn)
+    for n in frozen_bn:
+        assert torch.equal(before[n][0], after[n][0]) and torch.equal(before[n][1], after[n][1])
+    assert not torch.equal(before["blocks.1.1"][0], after["blocks.1.1"][0])
+    with pytest.raises(DfsearchError, match=r"1\.\.4"):
+        models.freeze_to_top(models.create("small_cnn"), 5)
+
+
+def test_freeze_vit_tiny():
+    model = models.create("vit_tiny_patch16_224", num_classes=1, img_size=32)
+    n_groups = models.num_groups("vit_tiny_patch16_224")
+    assert n_groups == 14  # stem (patch_embed + cls_token + pos_embed), 12 blocks (+ final norm), head
+    all_names = {n for n, _ in model.named_parameters()}
+
+    report = models.freeze_to_top(model, 3)
+    assert _trainable(model) == {n for n in all_names if n.startswith(("blocks.10.", "blocks.11.", "norm.", "head."))}
+    assert report["trainable_params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # LayerNorm, no BatchNorm: nothing converted, the frozen LayerNorms just stop learning
+    assert not any(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in model.modules())
+    assert isinstance(model.blocks[0].norm1, nn.LayerNorm)
+    assert not model.blocks[0].norm1.weight.requires_grad
+    assert model.blocks[11].norm1.weight.requires_grad and model.norm.weight.requires_grad
+
+    # k = groups - 1: only the stem group is frozen, and cls_token / pos_embed belong to it
+    model = models.create("vit_tiny_patch16_224", num_classes=1, img_size=32)
+    models.freeze_to_top(model, n_groups - 1)
+    frozen = all_names - _trainable(model)
+    assert frozen == {"cls_token", "pos_embed"} | {n for n in all_names if n.startswith("patch_embed.")}
+
+    model = models.create("vit_tiny_patch16_224", num_classes=1, img_size=32)
+    models.freeze_to_top(model, n_groups)
+    assert model.cls_token.requires_grad and model.pos_embed.requires_grad
+    with pytest.raises(DfsearchError, match=r"1\.\.14"):
+        models.freeze_to_top(model, 15)
+
+
+# ----------------------------------------------------------------------------- pretrained weights
+
+@pytest.fixture(scope="module")
+def imagenet_resnet18():
+    """A seeded resnet18 with the 1000-class head of a real ImageNet checkpoint (and non-trivial BN
+    statistics), as the state dict a user would download."""
+    torch.manual_seed(1234)
+    m = timm.create_model("resnet18", num_classes=1000)
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.normal_()
+            mod.running_var.uniform_(0.5, 2.0)
+    return {k: v.clone().contiguous() for k, v in m.state_dict().items()}
+
+
+BACKBONE_KEYS = ("conv1.weight", "bn1.running_mean", "bn1.weight", "layer1.0.conv1.weight",
+                 "layer3.0.conv1.weight", "layer4.1.bn2.running_var")
+
+
+def _assert_backbone_and_fresh_head(model, state):
+    own = model.state_dict()
+    for k in BACKBONE_KEYS:
+        assert torch.equal(own[k], state[k]), k
+    # all backbone tensors, not just a sample
+    assert all(torch.equal(own[k], state[k]) for k in own if not k.startswith("fc."))
+    assert model.fc.weight.shape == (1, 512) and model.fc.bias.shape == (1,)
+    assert not torch.equal(model.fc.weight, state["fc.weight"][:1])
+
+
+def test_pretrained_from_safetensors_file(tmp_path, imagenet_resnet18):
+    f = tmp_path / "my_resnet.safetensors"
+    safetensors.torch.save_file(imagenet_resnet18, str(f))
+    model = models.create("resnet18", pretrained=f, num_classes=1)
+    _assert_backbone_and_fresh_head(model, imagenet_resnet18)
+    # a str path works as well as a Path
+    model = models.create("resnet18", pretrained=str(f), num_classes=2)
+    assert torch.equal(model.state_dict()["layer3.0.conv1.weight"], imagenet_resnet18["layer3.0.conv1.weight"])
+    assert model.fc.weight.shape == (2, 512)
+
+
+def test_pretrained_from_weights_directory(tmp_path, imagenet_resnet18):
+    d = tmp_path / "weights"
+    d.mkdir()
+    safetensors.torch.save_file(imagenet_resnet18, str(d / "resnet18.safetensors"))
+    assert models.resolve_weights_file("resnet18", d) == d / "resnet18.safetensors"
+    model = models.create("resnet18", pretrained=d, num_classes=1)
+    _assert_backbone_and_fresh_head(model, imagenet_resnet18)
+    # the same directory has nothing for another arch: the error names the file it looked for
+    with pytest.raises(DfsearchError) as e:
+        models.create("mobilenetv2_100", pretrained=d)
+    assert str(d) in str(e.value) and "mobilenetv2_100.safetensors" in str(e.value)
+
+
+def test_pretrained_from_pth_weights_only(tmp_path, imagenet_resnet18):
+    f = tmp_path / "resnet18.pth"
+    torch.save(imagenet_resnet18, f)
+    model = models.create("resnet18", pretrained=f, num_classes=1)
+    _assert_backbone_and_fresh_head(model, imagenet_resnet18)
+
+    # weights-only: a pickle that would run code on load is refused, and the code never runs
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "pickled.pth"
+    torch.save({"state_dict": imagenet_resnet18, "payload": _RunsOnLoad(marker)}, bad)
+    with pytest.raises(DfsearchError) as e:
+        models.create("resnet18", pretrained=bad, num_classes=1)
+    assert str(bad) in str(e.value)
+    assert not marker.exists()
+
+
+class _RunsOnLoad:
+    """Unpickling this (without weights_only) would create ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_pretrained_vit_resamples_pos_embed(tmp_path):
+    from timm.layers import resample_abs_pos_embed
+
+    torch.manual_seed(7)
+    src = timm.create_model("vit_tiny_patch16_224", num_classes=1000, img_size=224)
+    with torch.no_grad():
+        src.pos_embed.normal_(std=0.5)
+    state = {k: v.clone().contiguous() for k, v in src.state_dict().items()}
+    f = tmp_path / "vit.safetensors"
+    safetensors.torch.save_file(state, str(f))
+
+    model = models.create("vit_tiny_patch16_224", pretrained=f, num_classes=1, img_size=64)
+    own = model.state_dict()
+    assert own["pos_embed"].shape == (1, 1 + (64 // 16) ** 2, 192)
+    assert state["pos_embed"].shape == (1, 1 + (224 // 16) ** 2, 192)
+    for k in ("cls_token", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.5.mlp.fc1.weight",
+              "blocks.11.norm2.weight", "norm.weight"):
+        assert torch.equal(own[k], state[k]), k
+    # the grid was resampled by timm's own filter (the class token kept as is)
+    expected = resample_abs_pos_embed(state["pos_embed"], (4, 4), num_prefix_tokens=1)
+    assert torch.allclose(own["pos_embed"], expected, atol=1e-6)
+    assert torch.equal(own["pos_embed"][:, :1], state["pos_embed"][:, :1])
+    assert model.head.weight.shape == (1, 192)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 3, 64, 64)).shape == (2, 1)
+
+
+def test_missing_weights_file_names_the_path(tmp_path):
+    missing = tmp_path / "nope" / "resnet18.safetensors"
+    with pytest.raises(DfsearchError) as e:
+        models.create("resnet18", pretrained=missing)
+    assert str(missing) in str(e.value)
+    with pytest.raises(DfsearchError) as e:
+        models.create("small_cnn", pretrained=missing)
+    assert str(missing) in str(e.value)
+
+
+def test_empty_weights_directory(tmp_path):
+    with pytest.raises(DfsearchError) as e:
+        models.resolve_weights_file("resnet18", tmp_path)
+    assert str(tmp_path) in str(e.value) and "resnet18.safetensors" in str(e.value)
+
+
+def test_small_cnn_has_no_published_weights():
+    with pytest.raises(DfsearchError) as e:
+        models.create("small_cnn", pretrained=True)
+    msg = str(e.value)
+    assert "small_cnn" in msg and "--pretrained" in msg
+
+
+def test_small_cnn_loads_its_own_checkpoint(tmp_path):
+    torch.manual_seed(3)
+    src = models.create("small_cnn", num_classes=2)
+    f = tmp_path / "small_cnn.safetensors"
+    safetensors.torch.save_file(src.state_dict(), str(f))
+    model = models.create("small_cnn", pretrained=tmp_path, num_classes=1)  # head shape differs: dropped
+    own, state = model.state_dict(), src.state_dict()
+    assert torch.equal(own["stem.0.weight"], state["stem.0.weight"])
+    assert torch.equal(own["blocks.1.1.running_var"], state["blocks.1.1.running_var"])
+    assert own["fc.weight"].shape == (1, 64)
+
+
+@pytest.mark.timeout(240)
+def test_unavailable_hub_weights_say_how_to_provide_them(tmp_path):
+    """Offline with an empty cache: a clear DfsearchError, never a silent random init. Run in a
+    subprocess so huggingface_hub reads HF_HUB_OFFLINE / HF_HOME at import."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TORCH_HOME"))}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"),
+               XDG_CACHE_HOME=str(tmp_path / "xdg"), PYTHONPATH=str(REPO))
+    code = (
+        "import sys\n"
+        "from dfsearch import models\n"
+        "from dfsearch.errors import DfsearchError\n"
+        "try:\n"
+        "    models.create('resnet18', pretrained=True)\n"
+        "except DfsearchError as e:\n"
+        "    print(e); sys.exit(3)\n"
+        "print('NO ERROR'); sys.exit(0)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                       timeout=200)
+    assert r.returncode == 3, r.stdout + r.stderr
+    msg = r.stdout
+    assert "resnet18" in msg and "not available" in msg
+    assert "--pretrained" in msg
+    assert "file" in msg and "directory" in msg
+    assert "resnet18.safetensors" in msg
