@@ -356,7 +356,8 @@ def plan(args, space: Space, cluster: dict) -> dict:
     gpw = args.gpus_per_worker if args.gpus_per_worker is not None else (1.0 if use_gpu else 0.0)
     from dfsearch.train import check_resources
 
-    check_resources(profile.workers_per_trial, use_gpu, args.cpus_per_worker, gpw or 1.0, extra_cpus=DRIVER_CPUS)
+    check_resources(profile.workers_per_trial, use_gpu, args.cpus_per_worker, gpw or 1.0, extra_cpus=DRIVER_CPUS,
+                    workers_flag="--workers-per-trial", gpu_flag="--gpus-per-worker")
     per_trial_cpu = profile.workers_per_trial * args.cpus_per_worker + DRIVER_CPUS
     fit = int(cluster.get("CPU", 0) // per_trial_cpu)
     if use_gpu:
@@ -378,9 +379,9 @@ def run(args) -> int:
     run_dir = out / name
     if args.resume:
         if not (run_dir / "tuner.pkl").exists():
-            prev = sorted(p.name for p in out.glob("*/tuner.pkl"))
+            prev = sorted(p.parent.name for p in out.glob("*/tuner.pkl"))
             raise DfsearchError(f"--resume: no previous search named {name!r} under {out}"
-                                + (f"; found: {', '.join(Path(p).parent.name for p in prev)}" if prev
+                                + (f"; found: {', '.join(prev)}" if prev
                                    else " (pass the same --out and --name as the interrupted run)"))
         saved = json.loads((run_dir / "search.json").read_text())
         args.space, args.data = saved["space"], saved["data"]

@@ -60,28 +60,30 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
 
 
 def check_resources(workers: int, use_gpu: bool, cpus_per_worker: float = 1.0,
-                    gpus_per_worker: float = 1.0, extra_cpus: float = 0.0) -> None:
+                    gpus_per_worker: float = 1.0, extra_cpus: float = 0.0,
+                    workers_flag: str = "--workers", gpu_flag: str = "--gpu") -> None:
     """Raise DfsearchError when the cluster can never give what a run asks for (instead of the
-    endless wait Ray would otherwise start)."""
+    endless wait Ray would otherwise start). The flags named are the calling command's own."""
     import ray
 
     from dfsearch.errors import DfsearchError
 
     if workers < 1:
-        raise DfsearchError(f"--workers {workers}: need at least 1")
+        raise DfsearchError(f"{workers_flag} {workers}: need at least 1")
     total = ray.cluster_resources()
     cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
     need_cpu = workers * cpus_per_worker + extra_cpus
     if need_cpu > cpus:
         raise DfsearchError(
-            f"--workers {workers} needs {need_cpu:g} CPUs ({cpus_per_worker:g} per worker"
+            f"{workers_flag} {workers} needs {need_cpu:g} CPUs ({cpus_per_worker:g} per worker"
             f"{f' + {extra_cpus:g} for the trial driver' if extra_cpus else ''}) but this Ray cluster has "
-            f"{cpus:g}; use --workers <= {int((cpus - extra_cpus) // cpus_per_worker)} or a bigger cluster (--address)")
+            f"{cpus:g}; use {workers_flag} <= {int((cpus - extra_cpus) // cpus_per_worker)} or a bigger cluster (--address)")
     if use_gpu and workers * gpus_per_worker > gpus:
         raise DfsearchError(
-            f"--workers {workers} x --gpus-per-worker {gpus_per_worker:g} needs "
+            f"{workers_flag} {workers} x {gpus_per_worker:g} GPU(s) per worker needs "
             f"{workers * gpus_per_worker:g} GPUs but this Ray cluster has {gpus:g}"
-            + ("; drop --gpu to train on CPUs" if gpus == 0 else f"; use --workers <= {int(gpus // gpus_per_worker)}"))
+            + (f"; drop {gpu_flag} to train on CPUs" if gpus == 0
+               else f"; use {workers_flag} <= {int(gpus // gpus_per_worker)}"))
 
 
 def scaling_config(workers: int, use_gpu: bool, cpus_per_worker: float = 1.0, gpus_per_worker: float = 1.0):

@@ -1,0 +1,262 @@
+"""The real commands, as a user runs them (subprocesses): bad input fails fast with exit code 2 and
+a message on stderr that names the problem, before any expensive work (no default dataset
+generated, no run directory, no hang waiting on resources Ray can never give)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dfsearch import models, search_space
+from dfsearch.data.synth import generate
+
+REPO = Path(__file__).resolve().parent.parent
+FAST_S = 150  # generous: each of these takes seconds (imports); a hang would take forever
+RAY_S = 240  # these start a local Ray first
+
+# The commands run concurrently (they are import-bound and mostly wait on a loaded machine): the
+# module fixture below starts them all, each test waits for and checks its own. The two that start
+# Ray run one after the other, beside the rest.
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("cli")
+    no_layout = root / "no_layout"
+    (no_layout / "pictures" / "holiday").mkdir(parents=True)
+    (no_layout / "pictures" / "holiday" / "a.txt").write_text("not a dataset")
+    (root / "empty").mkdir()
+    (root / "bad.yaml").write_text("metric: val_acc\narchs:\n  resnet18: {lr: [1.0e-4, 1.0e-3\n")
+    (root / "old_runs" / "search-old").mkdir(parents=True)
+    (root / "old_runs" / "search-old" / "tuner.pkl").write_bytes(b"")
+    return dict(root=root, small=generate(root / "small", n=8, size=16, progress=False), no_layout=no_layout,
+                empty=root / "empty", bad_yaml=root / "bad.yaml",
+                old_runs=root / "old_runs", missing_weights=root / "weights" / "resnet18.safetensors")
+
+
+def _commands(p: dict) -> dict:
+    """name -> (argv after the program, 'dfsearch' | 'run_search' | 'console', starts Ray)."""
+    import torch
+
+    gpus = torch.cuda.device_count()  # 0 here; on a GPU machine ask for more than there is
+    return {
+        "train_missing_data": (["train", "--data", "/nonexistent"], "dfsearch", False),
+        "train_unknown_arch": (["train", "--arch", "nope"], "dfsearch", False),
+        "train_empty": (["train", "--data", p["empty"]], "dfsearch", False),
+        "train_no_layout": (["train", "--data", p["no_layout"]], "dfsearch", False),
+        "train_missing_weights": (["train", "--arch", "resnet18", "--pretrained", p["missing_weights"],
+                                   "--data", p["small"]], "dfsearch", False),
+        "train_workers": (["train", "--workers", 64, "--data", p["small"]], "dfsearch", True),
+        "inspect_json": (["inspect", p["small"], "--json"], "console", False),
+        "inspect_missing": (["inspect", p["root"] / "nope", "--json"], "dfsearch", False),
+        "search_unknown_space": (["--space", "nope"], "run_search", False),
+        "search_bad_yaml": (["--space", p["bad_yaml"]], "run_search", False),
+        "search_no_layout": (["--space", "cnn", "--data", p["no_layout"]], "run_search", False),
+        "search_resume_missing": (["--resume", "--name", "missing"], "run_search", False),
+        "search_resume_lists": (["--resume", "--out", p["old_runs"], "--name", "missing"], "run_search", False),
+        "search_zero_samples": (["--num-samples", 0], "run_search", False),
+        "search_gpus": (["--gpus-per-worker", max(1, gpus), "--space", "cnn", "--data", p["small"],
+                         "--name", "gpu"], "run_search", True),
+    }, gpus
+
+
+class Run:
+    """One finished command: its result, and the folders it was given (to check nothing was written)."""
+
+    def __init__(self, proc, out: Path, cache: Path):
+        self.returncode, self.stdout, self.stderr = proc.returncode, proc.stdout, proc.stderr
+        self.out, self.cache = out, cache
+
+
+def _launch(name, argv, prog, ray, p):
+    work = p["root"] / "work" / name
+    work.mkdir(parents=True)
+    out, cache = work / "runs", work / "cache"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # never join another Ray
+    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="disabled", DFSEARCH_CACHE=str(cache), PYTHONPATH=str(REPO),
+               PYTHONUNBUFFERED="1")
+    argv = [str(a) for a in argv]
+    if prog == "run_search":
+        if "--out" not in argv:
+            argv += ["--out", str(out)]
+        cmd, cwd = [sys.executable, "run_search.py", *argv], REPO
+    else:
+        exe = Path(sys.executable).parent / "dfsearch"  # the installed console script
+        cmd = [str(exe)] if prog == "console" and exe.exists() else [sys.executable, "-m", "dfsearch.cli"]
+        if argv[0] == "train":
+            argv += ["--out", str(out)]
+        cmd, cwd = [*cmd, *argv], work
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=RAY_S if ray else FAST_S)
+    return Run(proc, out, cache)
+
+
+@pytest.fixture(scope="module")
+def runs(paths):
+    from concurrent.futures import ThreadPoolExecutor
+
+    commands, _ = _commands(paths)
+    fast = ThreadPoolExecutor(max_workers=3)
+    slow = ThreadPoolExecutor(max_workers=1)
+    futures = {name: (slow if ray else fast).submit(_launch, name, argv, prog, ray, paths)
+               for name, (argv, prog, ray) in sorted(commands.items(), key=lambda kv: not kv[1][2])}
+    yield futures
+    fast.shutdown(wait=True)
+    slow.shutdown(wait=True)
+
+
+@pytest.fixture(scope="module")
+def gpus(paths):
+    return _commands(paths)[1]
+
+
+def result(runs, name) -> Run:
+    return runs[name].result(timeout=RAY_S + FAST_S * 3)
+
+
+def _failed(r: Run, prefix: str) -> str:
+    """Exit code 2, one clean error (no traceback) on stderr; returns stderr."""
+    assert r.returncode == 2, f"rc={r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    assert f"{prefix}: error: " in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    return r.stderr
+
+
+def _nothing_written(r: Run):
+    """No default dataset generated in the cache, no run folder started."""
+    assert not r.cache.exists() or not any(r.cache.iterdir()), list(r.cache.rglob("*"))
+    assert not r.out.exists() or not any(r.out.iterdir()), list(r.out.rglob("*"))
+
+
+# ----------------------------------------------------------------------------- dfsearch train / inspect
+
+def test_train_missing_data(runs):
+    r = result(runs, "train_missing_data")
+    err = _failed(r, "dfsearch train")
+    assert "/nonexistent" in err and "does not exist" in err
+    assert "accepted layouts" in err  # says what would be accepted
+    _nothing_written(r)
+
+
+def test_train_unknown_arch_lists_known(runs):
+    # no --data: the arch is checked before the default dataset would be generated
+    r = result(runs, "train_unknown_arch")
+    err = _failed(r, "dfsearch train")
+    assert "'nope'" in err
+    for arch in models.known_archs():
+        assert arch in err
+    _nothing_written(r)
+
+
+def test_train_empty_data_dir(runs, paths):
+    r = result(runs, "train_empty")
+    err = _failed(r, "dfsearch train")
+    assert str(paths["empty"]) in err and "is empty" in err and "accepted layouts" in err
+    _nothing_written(r)
+
+
+def test_train_data_without_layout(runs, paths):
+    r = result(runs, "train_no_layout")
+    err = _failed(r, "dfsearch train")
+    assert str(paths["no_layout"]) in err and "no dataset layout found" in err
+    assert "train/real" in err and "accepted layouts" in err
+    _nothing_written(r)
+
+
+def test_train_missing_pretrained_file(runs, paths):
+    r = result(runs, "train_missing_weights")
+    err = _failed(r, "dfsearch train")
+    assert str(paths["missing_weights"]) in err and "does not exist" in err
+    _nothing_written(r)
+
+
+@pytest.mark.timeout(RAY_S + 2 * FAST_S)
+def test_train_more_workers_than_cpus(runs):
+    """Starts Ray, then refuses a worker group the cluster can never place (instead of waiting)."""
+    r = result(runs, "train_workers")
+    err = _failed(r, "dfsearch train")
+    m = re.search(r"--workers 64 needs 64 CPUs .*this Ray cluster has (\d+)", err)
+    assert m, err
+    assert 1 <= int(m.group(1)) < 64
+    assert f"use --workers <= {m.group(1)}" in err
+    _nothing_written(r)
+
+
+def test_inspect_json_prints_one_object(runs, paths):
+    r = result(runs, "inspect_json")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 1, r.stdout
+    report = json.loads(lines[0])
+    assert isinstance(report, dict)
+    assert report["splits"] == {"train": {"real": 4, "fake": 4}, "valid": {"real": 1, "fake": 1},
+                                "test": {"real": 1, "fake": 1}}
+    assert report["total"] == 12 and report["layout"] == "generic" and report["skipped"] == []
+    assert report["root"] == str(paths["small"])
+
+
+def test_inspect_missing_path(runs, paths):
+    err = _failed(result(runs, "inspect_missing"), "dfsearch inspect")
+    assert str(paths["root"] / "nope") in err and "does not exist" in err
+
+
+# ----------------------------------------------------------------------------- run_search.py
+
+def test_search_unknown_space_lists_available(runs):
+    r = result(runs, "search_unknown_space")
+    err = _failed(r, "run_search.py")
+    assert "'nope'" in err
+    for name in search_space.available():
+        assert name in err
+    _nothing_written(r)
+
+
+def test_search_invalid_yaml(runs, paths):
+    r = result(runs, "search_bad_yaml")
+    err = _failed(r, "run_search.py")
+    assert str(paths["bad_yaml"]) in err and "invalid YAML" in err and "line" in err
+    _nothing_written(r)
+
+
+def test_search_data_without_layout(runs, paths):
+    r = result(runs, "search_no_layout")
+    err = _failed(r, "run_search.py")
+    assert str(paths["no_layout"]) in err and "no dataset layout found" in err and "accepted layouts" in err
+    _nothing_written(r)
+
+
+def test_search_resume_missing(runs):
+    r = result(runs, "search_resume_missing")
+    err = _failed(r, "run_search.py")
+    assert "--resume" in err and "'missing'" in err and str(r.out) in err
+    assert "--out" in err and "--name" in err  # says how to point at the interrupted run
+    _nothing_written(r)
+
+
+def test_search_resume_missing_lists_existing(runs, paths):
+    r = result(runs, "search_resume_lists")
+    err = _failed(r, "run_search.py")
+    assert "'missing'" in err and "found: search-old" in err
+    assert sorted(x.name for x in paths["old_runs"].iterdir()) == ["search-old"]
+
+
+def test_search_zero_samples(runs):
+    r = result(runs, "search_zero_samples")
+    err = _failed(r, "run_search.py")
+    assert "--num-samples 0" in err and ">= 1" in err
+    _nothing_written(r)
+
+
+@pytest.mark.timeout(2 * RAY_S + 2 * FAST_S)
+def test_search_gpus_on_a_machine_without_gpus(runs, gpus):
+    """Starts Ray, sees 0 GPUs, refuses (instead of trials pending forever)."""
+    r = result(runs, "search_gpus")
+    err = _failed(r, "run_search.py")
+    assert "GPU" in err and f"this Ray cluster has {gpus}" in err
+    # names the flags of this command (not dfsearch train's --workers / --gpu)
+    assert "--workers-per-trial" in err and "--gpus-per-worker" in err
+    _nothing_written(r)
