@@ -1,15 +1,6 @@
-"""One trial: its driver (``fit_trial``, ``dfsearch train``); the per-worker loop is ``dfsearch.worker``.
-
-Per worker: build the model (``models.create``), freeze to the top ``unfrozen`` groups, wrap in DDP
-(``ray.train.torch.prepare_model``: gloo on CPU, nccl on GPU), shard the data, optimise with timm's
-``create_optimizer_v2`` (weight decay = L2 strength) and a cosine schedule with warmup
-(``create_scheduler_v2``), AMP on GPU. Every epoch it reports ``epoch, train_loss, train_acc,
-val_loss, val_acc, val_auc`` and a checkpoint; the checkpoint of a best epoch also carries the
-per-sample val and test probabilities (``predictions.parquet``, the store contract). It resumes from
-``ray.train.get_checkpoint()``.
-
-Driver: ``fit_trial`` runs one ``TorchTrainer`` and returns a plain summary dict.
-"""
+"""One trial's driver: ``fit_trial`` runs one Ray Train ``TorchTrainer`` (the per-worker loop is
+``dfsearch.worker.train_loop``), ``run`` is ``dfsearch train``; plus Ray start-up and resource checks
+shared with the search."""
 
 
 from __future__ import annotations
