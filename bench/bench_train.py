@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -99,8 +100,16 @@ def make_instrumented_loop(stamp_file: str):
         t_entry = _time.time()
         import torch as _torch
 
+        import importlib
+        import resource
+
         import dfsearch.train as T
         from dfsearch.data import loading
+
+        try:  # where the step loop lives (dfsearch.worker since the loop was split out of train.py)
+            L = importlib.import_module("dfsearch.worker")
+        except ImportError:
+            L = T
 
         stamps = {"entry": t_entry, "threads": _torch.get_num_threads(),
                   "omp_env": os.environ.get("OMP_NUM_THREADS")}
@@ -113,25 +122,29 @@ def make_instrumented_loop(stamp_file: str):
         except (OSError, ValueError, IndexError):
             pass
         orig = loading.ShardSampler.set_epoch
-        orig_reduce = T._all_reduce_sum
+        orig_reduce = L._all_reduce_sum
 
         def set_epoch(self, epoch):  # called by the loop right before its first step (t0)
             if "loop_start" not in stamps:
-                stamps.update(loop_start=_time.time(), cpu_start=_time.process_time())
+                ru = resource.getrusage(resource.RUSAGE_SELF)
+                stamps.update(loop_start=_time.time(), cpu_start=_time.process_time(),
+                              ru_start=[ru.ru_utime, ru.ru_stime, ru.ru_minflt])
             return orig(self, epoch)
 
         def all_reduce_sum(*a, **k):  # called by the loop right after its last step
             if "cpu_end" not in stamps:
-                stamps.update(loop_end=_time.time(), cpu_end=_time.process_time())
+                ru = resource.getrusage(resource.RUSAGE_SELF)
+                stamps.update(loop_end=_time.time(), cpu_end=_time.process_time(),
+                              ru_end=[ru.ru_utime, ru.ru_stime, ru.ru_minflt])
             return orig_reduce(*a, **k)
 
         loading.ShardSampler.set_epoch = set_epoch
-        T._all_reduce_sum = all_reduce_sum
+        L._all_reduce_sum = all_reduce_sum
         try:
             T.train_loop_per_worker(cfg)
         finally:
             loading.ShardSampler.set_epoch = orig
-            T._all_reduce_sum = orig_reduce
+            L._all_reduce_sum = orig_reduce
             stamps["exit"] = _time.time()
             with open(stamp_file, "w") as f:
                 _json.dump(stamps, f)
@@ -161,14 +174,17 @@ def fit_instrumented(cfg: TrainConfig, index_json: dict, *, storage: str, name: 
 
 # ----------------------------------------------------------------------------- a. Ray vs plain
 
-def plain_train(arch: str, index, steps: int) -> tuple[float, float]:
+def plain_train(arch: str, index, steps: int) -> tuple[float, float, list]:
     """The same steps as ``train_loop_per_worker``'s first epoch, in this process, no Ray.
     Returns (wall seconds of the step loop, timed exactly as the worker times ``train_time_s``;
-    CPU seconds of this process over the same span)."""
+    CPU seconds of this process over the same span; [user s, system s, minor page faults])."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
-    from dfsearch.train import seed_everything
+    try:
+        from dfsearch.worker import seed_everything
+    except ImportError:
+        from dfsearch.train import seed_everything
 
     c = cfg_for(arch)
     seed_everything(c.seed)
@@ -188,6 +204,7 @@ def plain_train(arch: str, index, steps: int) -> tuple[float, float]:
     seed_everything(c.seed * 1000)
     loader.sampler.set_epoch(0)
     model.train()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     c0 = time.process_time()
     t0 = time.perf_counter()
     loss_sum = correct = seen = 0.0
@@ -204,7 +221,9 @@ def plain_train(arch: str, index, steps: int) -> tuple[float, float]:
             loss_sum += float(loss) * len(y)
             correct += float(((models.prob_fake(logits) >= 0.5).long() == y).sum())
             seen += len(y)
-    return time.perf_counter() - t0, time.process_time() - c0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    return wall, cpu, [ru1.ru_utime - ru0.ru_utime, ru1.ru_stime - ru0.ru_stime, ru1.ru_minflt - ru0.ru_minflt]
 
 
 def plain_child(arch: str, data: str, steps: str) -> None:
@@ -212,11 +231,11 @@ def plain_child(arch: str, data: str, steps: str) -> None:
     from dfsearch.data.discover import discover
 
     torch.set_num_threads(1)  # what Ray's OMP_NUM_THREADS=1 gives its 1-CPU worker
-    wall, cpu = plain_train(arch, discover(data), int(steps))
-    print("PLAIN " + json.dumps({"wall": wall, "cpu": cpu, "threads": torch.get_num_threads()}))
+    wall, cpu, ru = plain_train(arch, discover(data), int(steps))
+    print("PLAIN " + json.dumps({"wall": wall, "cpu": cpu, "ru": ru, "threads": torch.get_num_threads()}))
 
 
-def plain_in_fresh_process(arch: str, data: str, steps: int) -> tuple[float, float]:
+def plain_in_fresh_process(arch: str, data: str, steps: int) -> tuple[float, float, list]:
     # the same thread settings as Ray's 1-CPU worker: OMP_NUM_THREADS=1 in the environment (read by
     # the OpenMP/BLAS runtimes at load time) and torch.set_num_threads(1) in the child; in 3 paired
     # runs here set_num_threads(1) alone cost ~5-10% more CPU per step than with the env var too
@@ -229,7 +248,13 @@ def plain_in_fresh_process(arch: str, data: str, steps: int) -> tuple[float, flo
         raise RuntimeError(f"plain child for {arch} failed with rc {p.returncode}")
     r = json.loads(line[-1][6:])
     assert r["threads"] == 1, r
-    return r["wall"], r["cpu"]
+    return r["wall"], r["cpu"], r["ru"]
+
+
+def out_u(rus, steps) -> str:
+    """'user U + sys S s/step, F faults/step' from per-rep [user, sys, faults] (medians)."""
+    u, sy, f = (med([r[i] for r in rus]) / steps for i in range(3))
+    return f"{u:.3f} + sys {sy:.3f} s/step, {f:.0f} page faults/step"
 
 
 def bench_ray_vs_plain(archs, index, steps, repeats, work: Path) -> dict:
@@ -241,6 +266,7 @@ def bench_ray_vs_plain(archs, index, steps, repeats, work: Path) -> dict:
           f"steps x batch {BATCH}, {IMG} px, 1 torch thread each; {repeats} interleaved repeats", flush=True)
     for arch in archs:
         ray_s, plain_s, ray_cpu, plain_cpu, after, threads = [], [], [], [], [], set()
+        ray_ru, plain_ru = [], []
         for r in range(repeats):
             res, st, _, _ = fit_instrumented(cfg_for(arch), index.to_json(), storage=str(work / "runs"),
                                              name=f"a-{arch}-{r}", stamp_file=str(work / f"a-{arch}-{r}.json"),
@@ -249,25 +275,33 @@ def bench_ray_vs_plain(archs, index, steps, repeats, work: Path) -> dict:
             ray_cpu.append(st["cpu_end"] - st["cpu_start"])
             after.append(st["exit"] - st["loop_end"])
             threads.add((st["threads"], st["omp_env"]))
-            wall, cpu = plain_in_fresh_process(arch, index.root, steps)
+            wall, cpu, ru = plain_in_fresh_process(arch, index.root, steps)
             plain_s.append(wall)
             plain_cpu.append(cpu)
+            ray_ru.append([b - a for a, b in zip(st["ru_start"], st["ru_end"])])
+            plain_ru.append(ru)
             print(f"  {arch:<10} rep {r + 1}: ray {steps * BATCH / ray_s[-1]:6.1f} img/s  "
                   f"plain {steps * BATCH / plain_s[-1]:6.1f} img/s   (CPU s/step: ray worker process "
-                  f"{ray_cpu[-1] / steps:.3f}, plain process {plain_cpu[-1] / steps:.3f}; ray worker after the "
-                  f"steps: {after[-1]:.1f} s of val/test predict + checkpoint + report)", flush=True)
+                  f"{ray_cpu[-1] / steps:.3f} = user {ray_ru[-1][0] / steps:.3f} + sys {ray_ru[-1][1] / steps:.3f}, "
+                  f"{ray_ru[-1][2] / steps:.0f} page faults/step; plain process {plain_cpu[-1] / steps:.3f} = user "
+                  f"{plain_ru[-1][0] / steps:.3f} + sys {plain_ru[-1][1] / steps:.3f}, {plain_ru[-1][2] / steps:.0f} "
+                  f"page faults/step; ray worker after the steps: {after[-1]:.1f} s of val/test predict + "
+                  f"checkpoint + report)", flush=True)
         ray_ips = steps * BATCH / med(ray_s)
         plain_ips = steps * BATCH / med(plain_s)
         paired = med([r / p for r, p in zip(ray_s, plain_s)])
         cpu_ratio = med(ray_cpu) / med(plain_cpu)
         out[arch] = dict(ray_ips=ray_ips, plain_ips=plain_ips, ratio=plain_ips / ray_ips, paired=paired,
                          cpu_ratio=cpu_ratio, ray_cpu_step=med(ray_cpu) / steps, after_loop_s=med(after),
+                         ray_user_sys_faults=[med([r[i] for r in ray_ru]) / steps for i in range(3)],
+                         plain_user_sys_faults=[med([r[i] for r in plain_ru]) / steps for i in range(3)],
                          plain_cpu_step=med(plain_cpu) / steps,
                          worker_threads=sorted(threads), plain_threads=1)
         print(f"RESULT a {arch}: ray {ray_ips:.1f} img/s, plain {plain_ips:.1f} img/s (medians) -> "
               f"plain/ray {plain_ips / ray_ips:.3f} (median paired ratio {paired:.3f}); goal <= 1.05: "
               f"{'OK' if plain_ips / ray_ips <= 1.05 else 'MISSED'}; CPU seconds per step ray/plain "
-              f"{cpu_ratio:.3f} ({med(ray_cpu) / steps:.3f} vs {med(plain_cpu) / steps:.3f})  [torch threads: "
+              f"{cpu_ratio:.3f} ({med(ray_cpu) / steps:.3f} vs {med(plain_cpu) / steps:.3f}; user {out_u(ray_ru, steps)} "
+              f"vs {out_u(plain_ru, steps)})  [torch threads: "
               f"ray worker {sorted(threads)} (get_num_threads, OMP_NUM_THREADS), plain 1 (set_num_threads)]",
               flush=True)
     import ray
@@ -511,7 +545,9 @@ def main() -> None:
         for arch, r in res.get("a", {}).items():
             print(f"a. {arch:<10} ray loop {r['ray_ips']:6.1f} img/s | plain loop {r['plain_ips']:6.1f} img/s | "
                   f"plain/ray {r['ratio']:.3f} (paired {r['paired']:.3f}) | goal <= 1.05 "
-                  f"{'OK' if r['ratio'] <= 1.05 else 'MISSED'} | CPU/step ray/plain {r['cpu_ratio']:.3f}")
+                  f"{'OK' if r['ratio'] <= 1.05 else 'MISSED'} | CPU/step ray/plain {r['cpu_ratio']:.3f} "
+                  f"(sys s/step {r['ray_user_sys_faults'][1]:.3f} vs {r['plain_user_sys_faults'][1]:.3f}) | "
+                  f"ray after-loop {r['after_loop_s']:.1f} s")
         for arch, r in res.get("b", {}).items():
             print(f"b. {arch:<10} loader {r['loader_ips']:6.1f} img/s | preloaded {r['preloaded_ips']:6.1f} img/s | "
                   f"preloaded/loader {r['ratio']:.3f} (paired {r['paired']:.3f}) | goal <= 1.05 "
