@@ -1,12 +1,14 @@
 """Benchmark the training path: Ray Train's per-worker loop, the data loader, Ray's fixed cost per run.
 
-    .venv/bin/python bench/bench_train.py            # default: finishes in <= 10 minutes on 2 cores
-    .venv/bin/python bench/bench_train.py --quick    # fewer steps and repeats: about 3 minutes
+    .venv/bin/python bench/bench_train.py            # default: ~9-10 minutes on 2 cores (more under load)
+    .venv/bin/python bench/bench_train.py --quick    # smoke test, one repetition of the Ray parts: ~3-4 minutes
     .venv/bin/python bench/bench_train.py --only a   # one part (a, b, c)
 
-Most of the wall time is Ray start-up (every fit_trial and every part-c process pays it), so the
-budget is set by how many Ray runs fit: default 6 fit_trial calls in (a) and 6 fresh processes in
-(c); --quick 4 and 4 (part c then has 2 repeats per variant: a smoke test, not a measurement).
+Most of the wall time is Ray start-up (every fit_trial and every part-c process pays 20-50 s of it
+on this 2-core machine, whatever the number of steps), so the budget is set by how many Ray runs
+fit: default 6 fit_trial calls in (a) and 6 fresh processes in (c), about 9-13 minutes depending on
+the machine's load; --quick 2 and 2 (one repetition per side / variant: a smoke test that the
+bench works, not a measurement), about 3-4 minutes.
 
 Three measurements, every comparison measured side by side in this one run (repetitions
 interleaved A, B, A, B, ...; medians and the ratio reported), on a synthetic 64 px dataset written
@@ -19,10 +21,11 @@ a. Ray Train worker loop (``fit_trial(..., workers=1)``, the project's ``train_l
    this script, as Ray's worker is a fresh actor process) and both use ONE torch thread: Ray sets
    OMP_NUM_THREADS=1 for a 1-CPU worker (the bench records ``torch.get_num_threads()`` inside the
    worker to prove it); the plain process gets the same OMP_NUM_THREADS=1 in its environment and
-   calls ``torch.set_num_threads(1)``. Also reported: the
-   CPU seconds per step of each process over the step loop (``time.process_time``; on the Ray side
-   that includes Ray's own threads in the worker), which shift less with the machine's load than
-   wall time. Goal: plain/ray images/s <= 1.05.
+   calls ``torch.set_num_threads(1)``. Also reported: the CPU seconds per step of each process over
+   the step loop (``time.process_time``; on the Ray side that includes Ray's own threads in the
+   worker), split into user and system time with the minor page faults (``getrusage``): they shift
+   less with the machine's load than wall time, and show where a difference comes from.
+   Goal: plain/ray images/s <= 1.05.
 b. DataLoader (JPEG decode + augmentation, ``loader_workers=0`` as the default config) vs
    preloaded tensors (every image decoded and normalised once, batches sliced) feeding the same
    model, one thread. Goal: preloaded/loader images/s <= 1.05. The loader alone (no model) is
@@ -34,7 +37,8 @@ c. Fixed overhead of one Ray Train run (1 epoch, tiny data): ``ray.init``, ``fit
 
 Timestamps inside the Ray worker come from a thin wrapper around ``train_loop_per_worker``
 (module attribute swapped in the driver for the duration of a ``fit_trial`` call; the worker runs
-the unmodified loop and the wrapper only records wall-clock stamps and the torch thread count).
+the unmodified loop, and the wrapper only records wall-clock, CPU and getrusage stamps at the start
+and end of the first epoch's step loop, the worker process's start time and the torch thread count).
 """
 
 from __future__ import annotations
@@ -504,13 +508,13 @@ def main() -> None:
         plain_child(*sys.argv[2:5])
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer steps and repeats (about 3 minutes)")
+    ap.add_argument("--quick", action="store_true", help="fewer steps and repeats (smoke test, about 3-4 minutes)")
     ap.add_argument("--archs", nargs="+", default=["small_cnn", "resnet18"])
     ap.add_argument("--only", nargs="+", choices=["a", "b", "c"], default=["a", "b", "c"])
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (data, runs)")
     args = ap.parse_args()
     if args.quick:
-        a_steps, a_rep, b_steps, b_rep, c_rep = 6, 2, 5, 3, 2  # c: 2 (smoke test); default mode runs 3
+        a_steps, a_rep, b_steps, b_rep, c_rep = 6, 1, 5, 3, 1  # smoke test: one Ray run per side/variant
     else:
         a_steps, a_rep, b_steps, b_rep, c_rep = 12, 3, 8, 4, 3
 
