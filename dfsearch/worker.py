@@ -14,6 +14,7 @@ level, so Ray Train's controller actor does not pay for those imports.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -185,9 +186,7 @@ def train_loop(cfg: dict) -> None:
         t0 = time.perf_counter()
         loss_sum = correct = seen = 0.0
         last = None
-        for step, (x, y, idx, bad) in enumerate(loader):
-            if step >= max_batches:
-                break
+        for step, (x, y, idx, bad) in enumerate(itertools.islice(loader, max_batches)):
             for i, reason in bad:
                 skipped[train_items[i][0]] = reason
             if x is None:  # a whole batch unreadable: repeat the last one so DDP ranks stay in step
