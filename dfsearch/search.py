@@ -137,7 +137,6 @@ class TrialBookkeeper(Callback):
         self.run_dir, self.space, self.profile, self.seed = run_dir, space, profile, seed
         self.pgs: dict[str, str] = {}          # running trial -> its worker group's placement group
         self.to_free: dict[str, tuple[str, float]] = {}  # finished trial -> (placement group, when)
-        self.best: dict[str, tuple[float, int, str]] = {}
         self.runs: dict = {}
         self.freed: list[str] = []  # trials whose placement group we had to remove
 
@@ -155,11 +154,6 @@ class TrialBookkeeper(Callback):
         tid = trial.trial_id
         if result.get("pg_id"):
             self.pgs[tid] = result["pg_id"]
-        path = result.get("checkpoint_path")
-        if path:
-            key = (result.get("ckpt_score", -math.inf), result.get("epoch", 0))
-            if tid not in self.best or key >= self.best[tid][:2]:
-                self.best[tid] = (*key, path)
         if tid not in self.runs:
             self._start_wandb(trial)
         tracking.log(self.runs.get(tid), {k: v for k, v in result.items() if k in WANDB_KEYS},
@@ -196,13 +190,13 @@ class TrialBookkeeper(Callback):
             pass
         if tid in self.pgs:  # freed after a grace period, if the Train controller has not done it
             self.to_free[tid] = (self.pgs.pop(tid), time.time())
-        self._prune_checkpoints(tid)
+        best = keep_only_best(Path(self.train_storage) / tid)
         run = self.runs.pop(tid, None)
         if run is not None:
             try:
                 run.summary["status"] = how
-                if tid in self.best:
-                    run.summary["best_checkpoint"] = self.best[tid][2]
+                if best is not None:
+                    run.summary["best_checkpoint"] = str(best[0])
             except Exception:
                 pass
         tracking.finish(run)
@@ -222,17 +216,6 @@ class TrialBookkeeper(Callback):
                 self.freed.append(tid)
         except Exception as e:
             print(f"dfsearch: could not free the placement group of trial {tid}: {e}", file=sys.stderr)
-
-    def _prune_checkpoints(self, tid: str):
-        """Ray does not always enforce num_to_keep when a run is killed: keep the best, delete the rest."""
-        best = self.best.get(tid)
-        trial_dir = Path(self.train_storage) / tid
-        if best is None or not trial_dir.is_dir():
-            return
-        keep = Path(best[2]).resolve()
-        for ckpt in trial_dir.glob("checkpoint_*"):
-            if ckpt.is_dir() and ckpt.resolve() != keep:
-                shutil.rmtree(ckpt, ignore_errors=True)
 
     def close(self):
         for tid in list(self.runs):
@@ -260,6 +243,17 @@ def best_checkpoint_on_disk(trial_dir: Path) -> tuple[Path, dict] | None:
     return (best[1], best[2]) if best else None
 
 
+def keep_only_best(trial_dir: Path) -> tuple[Path, dict] | None:
+    """Delete every checkpoint of a trial but its best (Ray does not always enforce num_to_keep when
+    a run is killed); returns what ``best_checkpoint_on_disk`` found."""
+    found = best_checkpoint_on_disk(trial_dir) if trial_dir.is_dir() else None
+    if found:
+        for other in trial_dir.glob("checkpoint_*"):
+            if other.is_dir() and other != found[0]:
+                shutil.rmtree(other, ignore_errors=True)
+    return found
+
+
 def collect(results, space: Space, profile, seed: int, train_storage: Path) -> tuple[pd.DataFrame, list[dict]]:
     """Rows for trials.parquet and per-trial summaries for the store, from Tune's ResultGrid
     (status, config, timing) and each trial's best checkpoint on disk (metrics, predictions)."""
@@ -280,12 +274,8 @@ def collect(results, space: Space, profile, seed: int, train_storage: Path) -> t
             status, reason = "failed", "no epoch finished"
         else:
             status, reason = "pruned", f"stopped by ASHA after {epochs} epoch(s)"
-        found = best_checkpoint_on_disk(train_storage / tid)
+        found = keep_only_best(train_storage / tid)
         ckpt, best = (str(found[0]), found[1]) if found else ("", {})
-        if found:
-            for other in (train_storage / tid).glob("checkpoint_*"):
-                if other.is_dir() and other != found[0]:
-                    shutil.rmtree(other, ignore_errors=True)
         flat = cfg.model_dump()
         aug = flat.pop("aug")
         nan = float("nan")
