@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 from ray.tune import Callback
 
-from dfsearch import store, tracking
+from dfsearch import store, tracking, trial_files
 from dfsearch.errors import DfsearchError
 from dfsearch.search_space import Space, SpaceSampler
 
@@ -90,41 +89,107 @@ def _honest_optuna_search():
     return HonestOptunaSearch
 
 
-def make_searcher(space: Space, run_dir: Path, name: str, max_epochs: int, seed: int):
+SEARCHERS = ("tpe", "random")
+SCHEDULERS = ("asha", "fifo")
+
+
+def make_searcher(space: Space, run_dir: Path, name: str, max_epochs: int, seed: int, kind: str = "tpe"):
+    """The Optuna searcher over ``space`` (study persisted in ``run_dir/optuna.db``). ``tpe``:
+    multivariate TPE, every architecture tried once first; ``random``: Optuna's RandomSampler (the
+    baseline of ``bench/search_efficiency.py``)."""
     import optuna
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}")
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=4,
-                                         constant_liar=True)
+    if kind == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=4,
+                                             constant_liar=True)
     searcher = _honest_optuna_search()(space=SpaceSampler(space.archs), metric=space.metric, mode=space.mode,
                                        sampler=sampler, study_name=name, storage=storage,
                                        max_epochs=max_epochs)
-    # every architecture gets one trial first (its other parameters sampled), then TPE takes over
-    study = optuna.load_study(study_name=name, storage=storage)
-    for arch in space.archs:
-        study.enqueue_trial({"arch": arch})
+    if kind == "tpe":  # every architecture gets one trial first (its other parameters sampled), then TPE
+        study = optuna.load_study(study_name=name, storage=storage)
+        for arch in space.archs:
+            study.enqueue_trial({"arch": arch})
     return searcher
+
+
+def epoch_budget(total: int):
+    """A Tune stopper that ends the search once its trials together have run ``total`` epochs."""
+    from ray.tune.stopper import Stopper
+
+    class EpochBudget(Stopper):
+        def __init__(self):
+            self.used = 0
+
+        def __call__(self, trial_id, result):
+            self.used += 1  # one result per epoch
+            return False
+
+        def stop_all(self):
+            return self.used >= total
+
+    return EpochBudget()
 
 
 # ----------------------------------------------------------------------------- per trial
 
-def trial_fn(config: dict, index=None, setup=None) -> None:
-    """Tune function trainable: one Ray Train DDP run for this trial's config."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
+class TrialFailed(RuntimeError):
+    """A trial's training raised on a warm pool (the message is the worker's error)."""
 
-    from dfsearch.train import fit_trial
+
+def trial_fn(config: dict, index=None, setup=None) -> None:
+    """Tune function trainable: one Ray Train DDP run for this trial's config, either on a warm
+    pool (``setup["broker"]``, the broker's name: submit, then relay each epoch's result to Tune) or as its own
+    ``TorchTrainer`` (metrics forwarded by ``TuneReportCallback``)."""
+    from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
     space, profile = setup["space"], setup["profile"]
     train_cfg = space.train_config(config, profile, seed=setup["seed"])
+    fault = setup.get("faults", {}).get(train_cfg.arch)
+    if setup.get("broker"):
+        from dfsearch.pool import broker
+
+        trial_dir = Path(setup["train_storage"]) / trial_id
+        resume = trial_files.latest(trial_dir)  # a search killed while this trial ran
+        request = {"train": train_cfg.model_dump(), "candidate": trial_id, "fault": fault,
+                   "max_train_batches": profile.steps_per_epoch, "trial_dir": str(trial_dir),
+                   "resume": str(resume) if resume else None}
+        return _relay(broker(setup["broker"]), trial_id, request)
+
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from dfsearch.train import fit_trial
+
     result = fit_trial(train_cfg, index, workers=profile.workers_per_trial, use_gpu=setup["use_gpu"],
                        cpus_per_worker=setup["cpus_per_worker"], gpus_per_worker=setup["gpus_per_worker"],
                        storage=setup["train_storage"], name=trial_id, candidate=trial_id,
                        max_train_batches=profile.steps_per_epoch, callbacks=[TuneReportCallback()],
-                       fault=setup.get("faults", {}).get(train_cfg.arch))
+                       fault=fault)
     if result.error is not None:
         raise result.error
+
+
+def _relay(broker, trial_id: str, request: dict) -> None:
+    """Run a trial on a warm pool: submit it, then hand each epoch's result to Tune and tell the
+    pool to go on once Tune took it (if Tune stops the trial instead, the bookkeeper says stop)."""
+    import ray
+    from ray import tune
+
+    ray.get(broker.submit.remote(trial_id, request))
+    while True:
+        for m in ray.get(broker.fetch.remote(trial_id, 10.0)):
+            if m["type"] == "result":
+                tune.report(m["metrics"])
+                broker.decide.remote(trial_id, m["metrics"]["epoch"], "continue")
+            elif m["type"] == "done":
+                return
+            else:
+                if m.get("traceback"):
+                    print(m["traceback"], file=sys.stderr)
+                raise TrialFailed(m["error"])
 
 
 class TrialBookkeeper(Callback):
@@ -132,9 +197,10 @@ class TrialBookkeeper(Callback):
     checkpoint on disk, and mirrors every trial to its own W&B run. Never raises into Tune."""
 
     def __init__(self, train_storage: str, wandb_mode: str, wandb_project: str, group: str, run_dir: Path,
-                 space: Space, profile, seed: int):
+                 space: Space, profile, seed: int, broker: str | None = None):
         self.train_storage, self.mode, self.project, self.group = train_storage, wandb_mode, wandb_project, group
         self.run_dir, self.space, self.profile, self.seed = run_dir, space, profile, seed
+        self.broker = broker  # warm pools (the broker's name): tell them when Tune ends a trial
         self.pgs: dict[str, str] = {}          # running trial -> its worker group's placement group
         self.to_free: dict[str, tuple[str, float]] = {}  # finished trial -> (placement group, when)
         self.runs: dict = {}
@@ -181,6 +247,13 @@ class TrialBookkeeper(Callback):
 
     def _finished(self, trial, how: str):
         tid = trial.trial_id
+        if self.broker:
+            try:
+                from dfsearch.pool import broker
+
+                broker(self.broker).stop.remote(tid)
+            except Exception as e:
+                print(f"dfsearch: could not tell the worker pools that trial {tid} ended: {e}", file=sys.stderr)
         last = trial.last_result or {}
         try:
             with open(self.run_dir / PROGRESS_FILE, "a") as f:
@@ -190,7 +263,7 @@ class TrialBookkeeper(Callback):
             pass
         if tid in self.pgs:  # freed after a grace period, if the Train controller has not done it
             self.to_free[tid] = (self.pgs.pop(tid), time.time())
-        best = keep_only_best(Path(self.train_storage) / tid)
+        best = trial_files.prune(Path(self.train_storage) / tid)
         run = self.runs.pop(tid, None)
         if run is not None:
             try:
@@ -228,32 +301,6 @@ WANDB_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_au
 
 # ----------------------------------------------------------------------------- results
 
-def best_checkpoint_on_disk(trial_dir: Path) -> tuple[Path, dict] | None:
-    """The kept checkpoint with the best score (ties: the later epoch) that carries predictions,
-    with its metrics; read from disk, so it is right after a resume or a kill too."""
-    best = None
-    for ckpt in trial_dir.glob("checkpoint_*"):
-        meta = ckpt / "meta.json"
-        if not (ckpt / store.PREDICTIONS_FILE).exists() or not meta.exists():
-            continue
-        m = json.loads(meta.read_text())["metrics"]
-        key = (m.get("ckpt_score", -math.inf), m.get("epoch", 0))
-        if best is None or key > best[0]:
-            best = (key, ckpt, m)
-    return (best[1], best[2]) if best else None
-
-
-def keep_only_best(trial_dir: Path) -> tuple[Path, dict] | None:
-    """Delete every checkpoint of a trial but its best (Ray does not always enforce num_to_keep when
-    a run is killed); returns what ``best_checkpoint_on_disk`` found."""
-    found = best_checkpoint_on_disk(trial_dir) if trial_dir.is_dir() else None
-    if found:
-        for other in trial_dir.glob("checkpoint_*"):
-            if other.is_dir() and other != found[0]:
-                shutil.rmtree(other, ignore_errors=True)
-    return found
-
-
 def collect(results, space: Space, profile, seed: int, train_storage: Path) -> tuple[pd.DataFrame, list[dict]]:
     """Rows for trials.parquet and per-trial summaries for the store, from Tune's ResultGrid
     (status, config, timing) and each trial's best checkpoint on disk (metrics, predictions)."""
@@ -265,7 +312,8 @@ def collect(results, space: Space, profile, seed: int, train_storage: Path) -> t
         hist = r.metrics_dataframe
         epochs = int(last.get("epoch", 0) or 0)
         if r.error is not None:
-            status, reason = "failed", f"{type(r.error).__name__}: {str(r.error).strip().splitlines()[-1][:300]}"
+            err = getattr(r.error, "cause", None) or r.error  # a RayTaskError wraps what the trial raised
+            status, reason = "failed", f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
         elif last.get("nan_loss"):
             status, reason = "failed", "loss became NaN/inf"
         elif epochs >= profile.max_epochs:
@@ -273,8 +321,8 @@ def collect(results, space: Space, profile, seed: int, train_storage: Path) -> t
         elif epochs == 0:
             status, reason = "failed", "no epoch finished"
         else:
-            status, reason = "pruned", f"stopped by ASHA after {epochs} epoch(s)"
-        found = keep_only_best(train_storage / tid)
+            status, reason = "pruned", f"stopped early after {epochs} epoch(s) (ASHA, or the epoch budget)"
+        found = trial_files.prune(train_storage / tid)
         ckpt, best = (str(found[0]), found[1]) if found else ("", {})
         flat = cfg.model_dump()
         aug = flat.pop("aug")
@@ -344,6 +392,13 @@ def plan(args, space: Space, cluster: dict) -> dict:
     if profile.grace_period > profile.max_epochs:
         profile = profile.model_copy(update={"grace_period": profile.max_epochs})
     gpw = args.gpus_per_worker if args.gpus_per_worker is not None else (1.0 if use_gpu else 0.0)
+    if use_gpu and gpw < 1 and profile.workers_per_trial > 1:
+        # Ray would put the ranks of one trial on one GPU, and nccl refuses that at the first
+        # collective ("Duplicate GPU detected"): every trial would fail after its start-up
+        raise DfsearchError(
+            f"--gpus-per-worker {gpw:g} with --workers-per-trial {profile.workers_per_trial}: the DDP ranks of a "
+            f"trial would share one GPU, which nccl refuses; use --gpus-per-worker >= 1, or "
+            f"--workers-per-trial 1 to pack several trials on a GPU")
     from dfsearch.train import check_resources
 
     check_resources(profile.workers_per_trial, use_gpu, args.cpus_per_worker, gpw or 1.0, extra_cpus=DRIVER_CPUS,
@@ -356,8 +411,9 @@ def plan(args, space: Space, cluster: dict) -> dict:
     return dict(profile=profile, use_gpu=use_gpu, gpus_per_worker=gpw, max_concurrent=concurrent)
 
 
-def run(args) -> int:
-    """``python run_search.py``: the whole search, then a summary."""
+def run(args, report_to=None) -> int:
+    """``python run_search.py``: the whole search, then a summary (the ``--json`` report goes to
+    ``report_to``, default stdout)."""
     from dfsearch import search_space
     from dfsearch.data.discover import discover
     from dfsearch.data.synth import default_dataset
@@ -377,6 +433,8 @@ def run(args) -> int:
         args.space, args.data = saved["space"], saved["data"]
         for k in ("profile", "num_samples", "max_epochs", "workers_per_trial", "seed"):
             setattr(args, k, saved["args"].get(k))
+        for k, default in (("pool", True), ("searcher", "tpe"), ("scheduler", "asha"), ("budget_epochs", None)):
+            setattr(args, k, saved["args"].get(k, default))
     elif (run_dir / "tuner.pkl").exists():
         raise DfsearchError(f"a search named {name!r} already exists in {out}; use --resume to continue it "
                             f"or another --name")
@@ -410,19 +468,31 @@ def run(args) -> int:
             "space": str(space.path), "data": str(data), "name": name,
             "args": {"profile": args.profile or ("gpu" if p["use_gpu"] else "cpu"), "num_samples": profile.num_samples,
                      "max_epochs": profile.max_epochs, "workers_per_trial": profile.workers_per_trial,
-                     "seed": args.seed}}, indent=2))
+                     "seed": args.seed, "pool": args.pool, "searcher": args.searcher, "scheduler": args.scheduler,
+                     "budget_epochs": args.budget_epochs}}, indent=2))
     print(f"dfsearch: space {space.name} ({', '.join(space.archs)}), profile: {profile.num_samples} trials x "
           f"<= {profile.max_epochs} epochs, {profile.workers_per_trial} workers/trial, "
-          f"{p['max_concurrent']} concurrent, {'GPU' if p['use_gpu'] else 'CPU'}; run dir {run_dir}", file=sys.stderr)
+          f"{p['max_concurrent']} concurrent, {'GPU' if p['use_gpu'] else 'CPU'}, "
+          f"{'warm worker pools' if args.pool else 'one TorchTrainer per trial'}; run dir {run_dir}", file=sys.stderr)
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # small state: save it often, lose little on a kill
     train_storage = str(run_dir / "train")
     setup = {"space": space, "profile": profile, "seed": args.seed, "use_gpu": p["use_gpu"],
              "cpus_per_worker": args.cpus_per_worker, "gpus_per_worker": p["gpus_per_worker"] or 1.0,
              "train_storage": train_storage, "faults": getattr(args, "faults", None) or {}}
+    pools = None
+    if args.pool:  # one warm Ray Train worker group per concurrent trial (dfsearch.pool)
+        from dfsearch.pool import Pools
+
+        pools = Pools(p["max_concurrent"], index=index.to_json(), workers=profile.workers_per_trial,
+                      use_gpu=p["use_gpu"], cpus_per_worker=args.cpus_per_worker,
+                      gpus_per_worker=setup["gpus_per_worker"], storage=str(run_dir / "pools"),
+                      name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", fault=setup["faults"].get("pool"))
+        setup["broker"] = pools.broker_name
     trainable = tune.with_resources(tune.with_parameters(trial_fn, index=index.to_json(), setup=setup),
                                     {"CPU": DRIVER_CPUS})
-    keeper = TrialBookkeeper(train_storage, mode, args.wandb_project, name, run_dir, space, profile, args.seed)
+    keeper = TrialBookkeeper(train_storage, mode, args.wandb_project, name, run_dir, space, profile, args.seed,
+                             broker=pools.broker_name if pools else None)
     t0 = time.time()
     try:
         if args.resume:
@@ -430,15 +500,19 @@ def run(args) -> int:
                                        restart_errored=False)
             print(f"dfsearch: resuming {name} from {run_dir}", file=sys.stderr)
         else:
-            scheduler = ASHAScheduler(time_attr="epoch", max_t=profile.max_epochs,
-                                      grace_period=profile.grace_period, reduction_factor=profile.reduction_factor)
+            scheduler = None
+            if args.scheduler == "asha":
+                scheduler = ASHAScheduler(time_attr="epoch", max_t=profile.max_epochs, grace_period=profile.grace_period,
+                                          reduction_factor=profile.reduction_factor)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=make_searcher(space, run_dir, name, profile.max_epochs, args.seed),
+                    search_alg=make_searcher(space, run_dir, name, profile.max_epochs, args.seed, args.searcher),
                     scheduler=scheduler, metric=space.metric, mode=space.mode,
-                    num_samples=profile.num_samples, max_concurrent_trials=p["max_concurrent"]),
+                    num_samples=profile.num_samples, max_concurrent_trials=p["max_concurrent"],
+                    reuse_actors=pools is not None),
                 run_config=tune.RunConfig(name=name, storage_path=str(out), callbacks=[keeper],
+                                          stop=epoch_budget(args.budget_epochs) if args.budget_epochs else None,
                                           failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                                           verbose=1),
             )
@@ -447,11 +521,14 @@ def run(args) -> int:
         results = tuner.fit()
     finally:
         keeper.close()
+        if pools is not None:
+            pools.close()
     wall = time.time() - t0
-    return finish(results, space, profile, args, run_dir, name, mode, wall)
+    return finish(results, space, profile, args, run_dir, name, mode, wall, report_to)
 
 
-def finish(results, space, profile, args, run_dir: Path, name: str, mode: str, wall: float) -> int:
+def finish(results, space, profile, args, run_dir: Path, name: str, mode: str, wall: float,
+           report_to=None) -> int:
     """Write trials.parquet, the store, plots and W&B search run; print the summary."""
     from dfsearch.train import write_store
 
@@ -466,7 +543,7 @@ def finish(results, space, profile, args, run_dir: Path, name: str, mode: str, w
     tracking.finish(run)
     report = summary(df, space, run_dir, wall)
     if args.json:
-        print(json.dumps(report, default=str))
+        print(json.dumps(report, default=str), file=report_to or sys.stdout, flush=True)
     else:
         print(format_summary(report))
     return 0 if report["finished"] > 0 else 1

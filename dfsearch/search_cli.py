@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from dfsearch.errors import DfsearchError
@@ -21,6 +22,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (default: 1 if the cluster has GPUs, else 0)")
     p.add_argument("--max-concurrent", type=int, help="cap on concurrent trials (default: what the cluster fits)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--searcher", choices=["tpe", "random"], default="tpe",
+                   help="Optuna sampler: multivariate TPE (default) or random search (a baseline)")
+    p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha",
+                   help="early stopping: ASHA on epochs (default) or none (every trial runs --max-epochs)")
+    p.add_argument("--budget-epochs", type=int,
+                   help="end the search once its trials together have run this many epochs")
+    p.add_argument("--no-pool", dest="pool", action="store_false",
+                   help="start a fresh Ray Train run (TorchTrainer) for every trial instead of running trials "
+                        "on warm worker pools: full process isolation, ~15 s more per trial")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search (same --out and --name)")
     p.add_argument("--address", help="connect to an existing Ray cluster (e.g. auto)")
     p.add_argument("--no-dashboard", dest="dashboard", action="store_false", default=None,
@@ -46,12 +56,16 @@ def main(argv: list[str] | None = None) -> int:
 def run(args) -> int:
     from dfsearch.search import run as search
 
-    for flag in ("num_samples", "max_epochs", "workers_per_trial", "max_concurrent"):
+    for flag in ("num_samples", "max_epochs", "workers_per_trial", "max_concurrent", "budget_epochs"):
         v = getattr(args, flag)
         if v is not None and v < 1:
             print(f"run_search.py: error: --{flag.replace('_', '-')} {v}: need >= 1", file=sys.stderr)
             return 2
     try:
+        if args.json:  # stdout is the one JSON report: Tune's tables and the workers' output go to stderr
+            real = sys.stdout
+            with contextlib.redirect_stdout(sys.stderr):
+                return search(args, report_to=real)
         return search(args)
     except DfsearchError as e:
         print(f"run_search.py: error: {e}", file=sys.stderr)

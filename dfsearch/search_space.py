@@ -55,6 +55,7 @@ class Profile(BaseModel):
     img_size: int = Field(64, ge=16)
     workers_per_trial: int = Field(1, ge=1)
     steps_per_epoch: Optional[int] = Field(None, ge=1)  # cap on optimisation steps per epoch
+    loader_workers: int = Field(0, ge=0, le=64)  # DataLoader processes per Train worker (decode + augment)
 
 
 class SpaceFile(BaseModel):
@@ -85,7 +86,8 @@ class Space:
         params = dict(config.get(arch, {}))
         aug = params.pop("aug", {})
         return TrainConfig(arch=arch, img_size=profile.img_size, epochs=profile.max_epochs,
-                           metric=self.metric, seed=seed, aug=AugConfig(**aug), **params)
+                           metric=self.metric, seed=seed, aug=AugConfig(**aug),
+                           loader_workers=profile.loader_workers, **params)
 
 
 def available() -> list[str]:

@@ -5,6 +5,7 @@ shared with the search."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,13 +21,19 @@ SPEED_ENV = {  # measured to cut Ray Train V2's per-run overhead (see BENCHMARKS
 }
 
 
-
 def train_loop_per_worker(cfg: dict) -> None:
     """Ray Train entry point. A thin wrapper so that unpickling it (the controller does) imports
     nothing heavy; see ``dfsearch.worker.train_loop`` for the loop and ``cfg``."""
     from dfsearch.worker import train_loop
 
     train_loop(cfg)
+
+
+def pool_loop_per_worker(cfg: dict) -> None:
+    """Ray Train entry point of a warm pool (``dfsearch.pool``); see ``dfsearch.worker.pool_loop``."""
+    from dfsearch.worker import pool_loop
+
+    pool_loop(cfg)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -74,6 +81,7 @@ def check_resources(workers: int, use_gpu: bool, cpus_per_worker: float = 1.0,
             f"{workers_flag} {workers} x {gpus_per_worker:g} GPU(s) per worker needs "
             f"{workers * gpus_per_worker:g} GPUs but this Ray cluster has {gpus:g}"
             + (f"; drop {gpu_flag} to train on CPUs" if gpus == 0
+               else f"; use {gpu_flag} <= {gpus:g}" if gpus_per_worker > gpus
                else f"; use {workers_flag} <= {int(gpus // gpus_per_worker)}"))
 
 
@@ -208,17 +216,19 @@ def run(args) -> int:
         print(f"dfsearch: {note}", file=sys.stderr)
     out = Path(args.out).resolve()
     name = args.name or f"train-{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    init_ray(args.address)
-    check_resources(args.workers, args.gpu, gpus_per_worker=1.0)
-    t0 = time.time()
-    result = fit_trial(cfg, index.to_json(), workers=args.workers, use_gpu=args.gpu,
-                       storage=str(out), name=name, candidate=name, max_failures=args.max_failures)
+    real_stdout = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        init_ray(args.address)  # with --json the workers' output (Ray prints it on stdout) goes to stderr
+        check_resources(args.workers, args.gpu, gpus_per_worker=1.0)
+        t0 = time.time()
+        result = fit_trial(cfg, index.to_json(), workers=args.workers, use_gpu=args.gpu,
+                           storage=str(out), name=name, candidate=name, max_failures=args.max_failures)
     summary = trial_summary(result, cfg, name, trial_id=name)
     summary["wall_time_s"] = time.time() - t0
     write_store([summary], out)
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2, default=str))
     if args.json:
-        print(json.dumps(summary, default=str))
+        print(json.dumps(summary, default=str), file=real_stdout)
     else:
         b = summary["best"]
         print(f"\n{name}: {cfg.arch}, {args.workers} worker(s), {summary['wall_time_s']:.0f}s")

@@ -5,8 +5,12 @@ Build the model (``models.create``), freeze to the top ``unfrozen`` groups, wrap
 ``create_optimizer_v2`` (weight decay = L2 strength) and a cosine schedule with warmup
 (``create_scheduler_v2``), AMP on GPU. Every epoch it reports ``epoch, train_loss, train_acc,
 val_loss, val_acc, val_auc`` and a checkpoint; the checkpoint of a best epoch also carries the
-per-sample val and test probabilities (``predictions.parquet``, the store contract). It resumes from
-``ray.train.get_checkpoint()``.
+per-sample val and test probabilities (``predictions.parquet``, the store contract).
+
+The loop talks to whoever runs it through a small session object: ``RayTrainSession`` (one
+``TorchTrainer`` per run: resume from ``ray.train.get_checkpoint()``, report with
+``ray.train.report``) or ``PoolSession`` (a warm worker pool runs trial after trial, see
+``dfsearch.pool``; ``pool_loop`` is that pool's per-worker entry point).
 
 This module imports torch/timm; ``dfsearch.train`` (the driver side) does not import it at module
 level, so Ray Train's controller actor does not pay for those imports.
@@ -14,13 +18,17 @@ level, so Ray Train's controller actor does not pay for those imports.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 import json
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -110,9 +118,44 @@ def _resolve_index(index):
     return index if isinstance(index, DatasetIndex) else DatasetIndex.from_json(index)
 
 
-def train_loop(cfg: dict) -> None:
-    """Ray Train worker entry point. ``cfg``: ``{"train": TrainConfig dict, "index": DatasetIndex
-    (json dict or ObjectRef), "candidate": str, "max_train_batches": int | None}``."""
+class RayTrainSession:
+    """One ``TorchTrainer`` per run: resume from ``ray.train.get_checkpoint()``, report (and hand
+    checkpoints to Ray's checkpoint manager) with ``ray.train.report``. Never asks the loop to stop:
+    Ray ends the run itself."""
+
+    def __init__(self):
+        import ray.train
+
+        self._ckpt = ray.train.get_checkpoint()
+        pg = ray.util.get_current_placement_group()  # reported so a search can free it if this run is killed
+        self.pg_id = pg.id.hex() if pg is not None else ""
+
+    @contextlib.contextmanager
+    def resume(self):
+        if self._ckpt is None:
+            yield None
+        else:
+            with self._ckpt.as_directory() as d:
+                yield d
+
+    @contextlib.contextmanager
+    def checkpoint_dir(self, epoch: int):
+        with tempfile.TemporaryDirectory() as d:
+            yield d
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> bool:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
+                         if checkpoint_dir else None)
+        return True
+
+
+def train_loop(cfg: dict, session=None) -> None:
+    """One trial on this worker. ``cfg``: ``{"train": TrainConfig dict, "index": DatasetIndex (json
+    dict or ObjectRef), "candidate": str, "max_train_batches": int | None, "fault": dict | None}``;
+    ``session``: ``RayTrainSession`` (the default) or ``PoolSession``. Returns when the trial has run
+    all its epochs, its loss went NaN, or the session said stop."""
     import ray.train
     import ray.train.torch
     from timm.optim import create_optimizer_v2
@@ -120,6 +163,7 @@ def train_loop(cfg: dict) -> None:
 
     from dfsearch.data.discover import oversample
 
+    session = session or RayTrainSession()
     c = TrainConfig(**cfg["train"])
     index = _resolve_index(cfg["index"])
     candidate = cfg.get("candidate", "trial")
@@ -154,10 +198,9 @@ def train_loop(cfg: dict) -> None:
                                        updates_per_epoch=steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
 
-    start_epoch, best, best_epoch, skipped = 0, -math.inf, None, {}
-    resume = ray.train.get_checkpoint()
-    if resume is not None:
-        with resume.as_directory() as d:
+    start_epoch, best, best_epoch, skipped, finished = 0, -math.inf, None, {}, None
+    with session.resume() as d:
+        if d is not None:
             model.load_state_dict(ckpt_io.load_weights(d), strict=True)
             st = ckpt_io.load_train_state(d)
             optimizer.load_state_dict(st["optimizer"])
@@ -165,16 +208,14 @@ def train_loop(cfg: dict) -> None:
             start_epoch, best = st["epoch"] + 1, st["best"]
             best_epoch = st.get("best_epoch")
             skipped = json.loads(st.get("skipped", "{}"))
+            if start_epoch >= c.epochs:
+                finished = json.loads((Path(d) / ckpt_io.META).read_text())["metrics"]
     model = ray.train.torch.prepare_model(model)
-    if resume is not None and start_epoch >= c.epochs:
+    if finished is not None:
         # the run had finished before its driver was killed: say so again, train nothing
-        with resume.as_directory() as d:
-            metrics = json.loads((Path(d) / ckpt_io.META).read_text())["metrics"]
-        ray.train.report(metrics)
+        session.report(finished)
         return
 
-    pg = ray.util.get_current_placement_group()  # reported so a search can free it if this run is killed
-    pg_id = pg.id.hex() if pg is not None else ""
     config_doc = {"train": c.model_dump(), "data": dc, "freeze": freeze_info, "candidate": candidate,
                   "data_root": index.root}
     nan_fault = (cfg.get("fault") or {}).get("kind") == "nan"
@@ -221,14 +262,15 @@ def train_loop(cfg: dict) -> None:
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct / max(seen, 1),
                    "val_loss": v["loss"], "val_acc": v["acc"], "val_auc": v["auc"],
                    "train_time_s": train_time, "epoch_time_s": time.perf_counter() - t0,
-                   "trainable_params": freeze_info["trainable_params"], "nan_loss": False, "pg_id": pg_id}
+                   "trainable_params": freeze_info["trainable_params"], "nan_loss": False, "pg_id": session.pg_id,
+                   "worker_pid": os.getpid()}
         for part in _all_gather(skipped):
             skipped.update(part)
         metrics["skipped_files"] = len(skipped)
         if not math.isfinite(train_loss) or not math.isfinite(v["loss"]):
             metrics.update(nan_loss=True, val_loss=float("nan"), val_acc=0.0, val_auc=0.0)
             metrics["ckpt_score"] = -math.inf
-            ray.train.report(metrics)
+            session.report(metrics)
             if rank == 0:
                 print(f"[{candidate}] epoch {epoch + 1}: loss is not finite; stopping this trial", flush=True)
             return
@@ -250,7 +292,7 @@ def train_loop(cfg: dict) -> None:
             print(f"[{candidate}] epoch {epoch + 1}/{c.epochs} train_loss {train_loss:.4f} "
                   f"train_acc {metrics['train_acc']:.3f} val_loss {v['loss']:.4f} val_acc {v['acc']:.3f} "
                   f"val_auc {v['auc']:.3f}{'  *best' if is_best else ''} ({train_time:.1f}s)", flush=True)
-            with tempfile.TemporaryDirectory() as d:
+            with session.checkpoint_dir(epoch + 1) as d:
                 state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "epoch": epoch, "best": best, "best_epoch": best_epoch,
                          "skipped": json.dumps(skipped)}
@@ -259,10 +301,116 @@ def train_loop(cfg: dict) -> None:
                 if preds is not None:
                     frame = _predictions(candidate, val_ds, y_val, preds[0], test_ds, y_test, preds[1])
                     store.write_predictions(frame, d)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+                go = session.report(metrics, d)
         else:
-            ray.train.report(metrics)
+            go = session.report(metrics)
         _maybe_fail(cfg.get("fault"), epoch + 1)
+        if not go:
+            return
+
+
+# ----------------------------------------------------------------------------- warm pools
+
+IDLE_POLL_S = 30.0      # an idle pool's rank 0 asks for work this often (and keeps the other ranks in step)
+DECISION_TIMEOUT_S = 900.0  # no word from the trial's Tune trainable for this long: stop the trial
+
+
+def _broadcast(obj):
+    """Rank 0's ``obj`` on every rank."""
+    dist = _dist()
+    if dist is None:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class PoolSession:
+    """One trial on a warm pool (``dfsearch.pool``). Resumes from the checkpoint its request names;
+    rank 0 writes checkpoints straight into the trial's folder (``checkpoint_eNNNN``, renamed into
+    place when complete; the best and the latest are kept), sends each epoch's metrics to the
+    trial's Tune trainable through the broker, and waits for its word: continue, or stop (ASHA
+    stopped the trial). Rank 0 broadcasts the word, so every rank stops at the same epoch."""
+
+    pg_id = ""  # the pool's placement group outlives this trial: nobody may free it
+
+    def __init__(self, broker, trial_id: str, trial_dir: str, resume_from: str | None, rank: int):
+        self.broker, self.trial_id, self.rank = broker, trial_id, rank
+        self.trial_dir, self._resume = Path(trial_dir), resume_from
+
+    @contextlib.contextmanager
+    def resume(self):
+        yield self._resume
+
+    @contextlib.contextmanager
+    def checkpoint_dir(self, epoch: int):
+        d = self.trial_dir / f".partial_e{epoch:04d}"
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        try:
+            yield str(d)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)  # gone already if it was reported
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> bool:
+        import ray
+
+        from dfsearch import trial_files
+
+        go = True
+        if self.rank == 0:
+            metrics = dict(metrics)
+            if checkpoint_dir:
+                final = self.trial_dir / f"checkpoint_e{int(metrics['epoch']):04d}"
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(checkpoint_dir, final)
+                metrics["checkpoint_path"] = str(final)
+                trial_files.prune(self.trial_dir, keep_latest=True)
+            ray.get(self.broker.post.remote(self.trial_id, {"type": "result", "metrics": metrics}))
+            go = ray.get(self.broker.wait_decision.remote(self.trial_id, metrics["epoch"], DECISION_TIMEOUT_S))
+        return _broadcast(go)
+
+
+def pool_loop(cfg: dict) -> None:
+    """Per-worker entry point of a warm pool: take a trial from the broker, run ``train_loop`` on it,
+    take the next, until the broker says the search is over. ``cfg``: ``{"broker": actor handle,
+    "pool_id": int, "index": DatasetIndex json or ObjectRef, "fault": tests only}``; each request holds ``train_loop``'s
+    trial fields plus ``trial_dir`` and ``resume`` (a checkpoint folder or None).
+
+    A trial that raises is reported to the broker (so its Tune trial fails with that error) and the
+    error is re-raised: that ends this Train run (another rank may be stuck in a collective the
+    failed one never joined) and the pool starts a fresh one (``dfsearch.pool._run_pool``)."""
+    import ray
+    import ray.train
+
+    broker = cfg["broker"]
+    rank = ray.train.get_context().get_world_rank()
+    if cfg.get("fault"):  # tests: a pool that can never start
+        raise RuntimeError("injected pool fault")
+    index = _resolve_index(cfg["index"])
+    while True:
+        job = ray.get(broker.take.remote(cfg["pool_id"], IDLE_POLL_S)) if rank == 0 else None
+        job = _broadcast(job)
+        if job is None:
+            continue
+        if job == "shutdown":
+            return
+        trial_id, request = job
+        session = PoolSession(broker, trial_id, request["trial_dir"], request.get("resume"), rank)
+        try:
+            train_loop({**request, "index": index}, session)
+        except BaseException as e:
+            with contextlib.suppress(Exception):
+                ray.get(broker.post.remote(trial_id, {"type": "error", "rank": rank,
+                                                      "error": f"{type(e).__name__}: {e}",
+                                                      "traceback": traceback.format_exc()}))
+            raise
+        if rank == 0:
+            ray.get(broker.post.remote(trial_id, {"type": "done"}))
+        del session
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _maybe_fail(fault: dict | None, epoch: int) -> None:

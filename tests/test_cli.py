@@ -59,7 +59,7 @@ def _commands(p: dict) -> dict:
         "search_resume_missing": (["--resume", "--name", "missing"], "run_search", False),
         "search_resume_lists": (["--resume", "--out", p["old_runs"], "--name", "missing"], "run_search", False),
         "search_zero_samples": (["--num-samples", 0], "run_search", False),
-        "search_gpus": (["--gpus-per-worker", max(1, gpus), "--space", "cnn", "--data", p["small"],
+        "search_gpus": (["--gpus-per-worker", gpus + 1, "--space", "cnn", "--data", p["small"],
                          "--name", "gpu"], "run_search", True),
     }, gpus
 

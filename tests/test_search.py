@@ -29,14 +29,23 @@ def _args(argv, **extra):
     return args
 
 
-@pytest.fixture(scope="module")
-def seq(ray_local, easy_data, tmp_path_factory):
-    """4 sequential trials of 2 DDP workers each, ASHA stopping some: the pattern that hung."""
+@pytest.fixture(scope="module", params=["pool", "no-pool"])
+def seq(request, ray_local, easy_data, tmp_path_factory):
+    """4 sequential trials of 2 DDP workers each, ASHA stopping some: the pattern that hung with
+    one TorchTrainer per trial (``--no-pool``); and the same on a warm worker pool (the default)."""
     out = tmp_path_factory.mktemp("search")
-    rc = search.run(_args(["--space", "cnn", "--data", easy_data, "--out", out, "--name", "seq",
-                           "--num-samples", 4, "--max-epochs", 2, "--workers-per-trial", 2,
-                           "--max-concurrent", 1, "--wandb-mode", "offline", "--seed", 3]))
-    return dict(rc=rc, run=out / "seq", trials=pd.read_parquet(out / "seq" / search.TRIALS_FILE))
+    argv = ["--space", "cnn", "--data", easy_data, "--out", out, "--name", "seq", "--num-samples", 4,
+            "--max-epochs", 2, "--workers-per-trial", 2, "--max-concurrent", 1, "--wandb-mode", "offline",
+            "--seed", 3] + (["--no-pool"] if request.param == "no-pool" else [])
+    rc = search.run(_args(argv))
+    run = out / "seq"
+    pids = {}  # trial -> the pid of its rank-0 worker process, per epoch
+    for d in run.iterdir():
+        if (d / "progress.csv").exists():
+            h = pd.read_csv(d / "progress.csv")
+            pids[str(h.trial_id.iloc[0])] = list(h.worker_pid)
+    return dict(rc=rc, run=run, trials=pd.read_parquet(run / search.TRIALS_FILE), pool=request.param == "pool",
+                pids=pids)
 
 
 def test_four_sequential_trials_complete_and_free_their_resources(seq, ray_local):
@@ -51,6 +60,14 @@ def test_four_sequential_trials_complete_and_free_their_resources(seq, ray_local
     while ray_local.available_resources().get("CPU", 0) < ray_local.cluster_resources()["CPU"] and time.time() < deadline:
         time.sleep(0.5)
     assert ray_local.available_resources().get("CPU", 0) == ray_local.cluster_resources()["CPU"]
+
+
+def test_warm_pool_runs_every_trial_in_the_same_worker_processes(seq):
+    """The point of the pool: no new worker group (processes, imports, gloo) per trial; with
+    --no-pool each trial has its own."""
+    firsts = [p[0] for p in seq["pids"].values()]
+    assert len(firsts) == 4 and all(len(set(p)) == 1 for p in seq["pids"].values())
+    assert len(set(firsts)) == (1 if seq["pool"] else 4)
 
 
 def test_trials_table_and_store(seq):
@@ -156,6 +173,18 @@ def test_two_trials_run_at_once_and_a_crashing_trial_is_recorded(concurrent):
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans
 
 
+def test_a_pool_that_cannot_start_fails_the_trials_instead_of_waiting(ray_local, easy_data, tmp_path):
+    t0 = time.time()
+    rc = search.run(_args(["--space", "cnn", "--data", easy_data, "--out", tmp_path, "--name", "dead",
+                           "--num-samples", 2, "--max-epochs", 1, "--workers-per-trial", 1, "--max-concurrent", 1,
+                           "--wandb-mode", "disabled"], faults={"pool": {"kind": "raise"}}))
+    t = pd.read_parquet(tmp_path / "dead" / search.TRIALS_FILE)
+    assert rc == 1 and len(t) == 2 and set(t.status) == {"failed"}
+    assert all("worker pool failed" in r and "injected pool fault" in r for r in t.reason), list(t.reason)
+    assert time.time() - t0 < 240
+    assert ray_local.available_resources().get("CPU", 0) > 0
+
+
 def test_nan_loss_stops_the_trial_and_marks_it(ray_local, easy_data, tmp_path):
     rc = search.run(_args(["--space", "cnn", "--data", easy_data, "--out", tmp_path, "--name", "nan",
                            "--num-samples", 1, "--max-epochs", 2, "--workers-per-trial", 1,
@@ -228,3 +257,14 @@ def test_search_run_dir_feeds_the_ensemble_and_predict(seq, easy_data, capsys):
     got, errors = predict_paths(ensemble_json, [easy_data / s for s in ids])
     assert errors == []
     np.testing.assert_allclose([g["prob_fake"] for g in got], want, rtol=0, atol=1e-5)
+
+
+def test_ddp_ranks_sharing_one_gpu_are_refused_before_anything_starts():
+    """nccl refuses two ranks on one GPU, but only at the first collective of every trial (seen on an
+    H100: ~55 s per trial, then 'Duplicate GPU detected'); the plan says no at once."""
+    from dfsearch import search_space
+    from dfsearch.errors import DfsearchError
+
+    args = _args(["--space", "cnn", "--workers-per-trial", 2, "--gpus-per-worker", 0.5])
+    with pytest.raises(DfsearchError, match="share one GPU, which nccl refuses"):
+        search.plan(args, search_space.load("cnn"), {"CPU": 16, "GPU": 1})

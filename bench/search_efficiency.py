@@ -1,0 +1,138 @@
+"""Search efficiency: TPE + ASHA vs. random search at the same total trial-epoch budget.
+
+    python bench/search_efficiency.py                      # 3 seeds, 48 trial-epochs each, all_models (cpu profile)
+    python bench/search_efficiency.py --seeds 0 1 2 3 4 --budget 64
+
+For every seed, two real searches (``run_search.py``, embedded synthetic dataset unless --data,
+one trial at a time so that the order of epochs is the order of spending):
+
+* ``tpe+asha``: ``--searcher tpe --scheduler asha`` (the default search), as many trials as fit;
+* ``random``:   ``--searcher random --scheduler fifo``, every trial runs ``max_epochs``.
+
+Both stop when their trials together have run ``--budget`` epochs (``--budget-epochs``). From each
+trial's per-epoch results it builds "best val accuracy so far" against trial-epochs spent, and
+reports how many trial-epochs TPE+ASHA needed to reach random search's final best (the goal in
+issue 3: at most a third of the budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parent.parent
+ARMS = {"tpe+asha": ["--searcher", "tpe", "--scheduler", "asha"],
+        "random": ["--searcher", "random", "--scheduler", "fifo"]}
+
+
+def curve(run_dir: Path, metric: str = "val_acc") -> pd.DataFrame:
+    """One row per reported epoch, in the order they were spent: trial, epoch, metric, the cumulative
+    trial-epochs and the best metric so far."""
+    trials = pd.read_parquet(run_dir / "trials.parquet").set_index("trial_id")
+    rows = []
+    for d in run_dir.iterdir():
+        if not (d / "progress.csv").exists():
+            continue
+        h = pd.read_csv(d / "progress.csv")
+        tid = str(h.trial_id.iloc[0])
+        start = trials.start.get(tid, float("nan"))
+        for r in h.itertuples():
+            v = getattr(r, metric)
+            rows.append({"trial_id": tid, "arch": trials.arch.get(tid), "epoch": int(r.epoch),
+                         "timestamp": r.timestamp, "start": start,
+                         metric: float(v) if not getattr(r, "nan_loss", False) else float("nan")})
+    df = pd.DataFrame(rows).sort_values(["timestamp", "start", "epoch"]).reset_index(drop=True)
+    df["trial_epochs"] = range(1, len(df) + 1)
+    df["best"] = df[metric].cummax()
+    return df
+
+
+def epochs_to_reach(c: pd.DataFrame, target: float) -> int | None:
+    hit = c[c.best >= target - 1e-9]
+    return int(hit.trial_epochs.iloc[0]) if not hit.empty else None
+
+
+def run_arm(arm: str, seed: int, budget: int, max_epochs: int, out: Path, data: str | None, space: str) -> Path:
+    name = f"{arm.replace('+', '_')}-s{seed}"
+    n = 1000 if arm == "tpe+asha" else -(-budget // max_epochs)  # random: exactly budget / max_epochs trials
+    cmd = [sys.executable, str(REPO / "run_search.py"), "--space", space, "--out", str(out), "--name", name,
+           "--seed", str(seed), "--num-samples", str(n), "--max-epochs", str(max_epochs),
+           "--budget-epochs", str(budget), "--max-concurrent", "1", "--wandb-mode", "disabled", "--json",
+           *ARMS[arm]] + (["--data", data] if data else [])
+    t0 = time.time()
+    with open(out / f"{name}.log", "w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    print(f"  {arm:<9} seed {seed}: {time.time() - t0:.0f} s  (log {out / f'{name}.log'})", flush=True)
+    return out / name
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--budget", type=int, default=48, help="trial-epochs per search")
+    ap.add_argument("--max-epochs", type=int, default=4, help="epochs of a full trial (ASHA max_t)")
+    ap.add_argument("--space", default="all_models")
+    ap.add_argument("--data", help="dataset folder (default: the embedded synthetic benchmark)")
+    ap.add_argument("--out", help="where the searches go (default: a temp dir)")
+    ap.add_argument("--plot", help="write the curves to this PNG")
+    args = ap.parse_args()
+    out = Path(args.out or tempfile.mkdtemp(prefix="search-eff-"))
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"search efficiency: {len(args.seeds)} seeds x {list(ARMS)}, {args.budget} trial-epochs each, "
+          f"max_epochs {args.max_epochs}, space {args.space}; runs in {out}", flush=True)
+
+    results, curves = [], {}
+    for seed in args.seeds:
+        c = {arm: curve(run_arm(arm, seed, args.budget, args.max_epochs, out, args.data, args.space))
+             for arm in ARMS}
+        curves[seed] = c
+        target = float(c["random"].best.iloc[-1])
+        third = args.budget // 3
+        tpe = c["tpe+asha"]
+        results.append({
+            "seed": seed, "random_best": target, "random_trials": int(c["random"].trial_id.nunique()),
+            "tpe_asha_best": float(tpe.best.iloc[-1]), "tpe_asha_trials": int(tpe.trial_id.nunique()),
+            "tpe_asha_best_at_third": float(tpe[tpe.trial_epochs <= third].best.max()),
+            "random_best_at_third": float(c["random"][c["random"].trial_epochs <= third].best.max()),
+            "tpe_asha_epochs_to_random_best": epochs_to_reach(tpe, target),
+            "random_epochs_to_own_best": epochs_to_reach(c["random"], target)})
+
+    df = pd.DataFrame(results)
+    print("\n" + df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    reached = [r["tpe_asha_epochs_to_random_best"] for r in results]
+    met = sum(1 for e in reached if e is not None and e <= args.budget / 3)
+    med = statistics.median([e if e is not None else float("inf") for e in reached])
+    print(f"\nTPE+ASHA reached random search's best ({args.budget} trial-epochs) within a third of the budget "
+          f"({args.budget / 3:.0f}) in {met}/{len(results)} seeds; median trial-epochs needed {med:g} "
+          f"(= {med / args.budget:.2f} of random's); mean best: TPE+ASHA {df.tpe_asha_best.mean():.3f}, "
+          f"random {df.random_best.mean():.3f}")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for seed, c in curves.items():
+            for arm, style in (("tpe+asha", "-"), ("random", "--")):
+                ax.step(c[arm].trial_epochs, c[arm].best, style, where="post",
+                        label=f"{arm} seed {seed}", alpha=0.8)
+        ax.set_xlabel("trial-epochs spent")
+        ax.set_ylabel("best val accuracy so far")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=90)
+    print(json.dumps({"budget": args.budget, "seeds": results, "goal_met_seeds": met}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
