@@ -121,14 +121,14 @@ def epoch_budget(total: int):
 
     class EpochBudget(Stopper):
         def __init__(self):
-            self.used = 0
+            self.epochs: dict[str, int] = {}  # trial -> epochs it reported (Tune repeats a trial's last result)
 
         def __call__(self, trial_id, result):
-            self.used += 1  # one result per epoch
+            self.epochs[trial_id] = max(self.epochs.get(trial_id, 0), int(result.get("epoch") or 0))
             return False
 
         def stop_all(self):
-            return self.used >= total
+            return sum(self.epochs.values()) >= total
 
     return EpochBudget()
 
