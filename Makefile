@@ -20,9 +20,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
-bench: $(STAMP)
+bench: $(STAMP)   # bench/search_efficiency.py (~30 min) and bench/model_accuracy.py run on their own
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_ensemble.py
+	$(PY) bench/trial_overhead.py
 
 clean:
 	rm -rf runs

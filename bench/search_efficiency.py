@@ -1,10 +1,14 @@
 """Search efficiency: TPE + ASHA vs. random search at the same total trial-epoch budget.
 
-    python bench/search_efficiency.py                      # 3 seeds, 48 trial-epochs each, all_models (cpu profile)
+    python bench/search_efficiency.py                      # 3 seeds, 48 trial-epochs each, all_models (bench profile)
     python bench/search_efficiency.py --seeds 0 1 2 3 4 --budget 64
 
-For every seed, two real searches (``run_search.py``, embedded synthetic dataset unless --data,
-one trial at a time so that the order of epochs is the order of spending):
+For every seed, two real searches (``run_search.py``, one trial at a time so that the order of
+epochs is the order of spending), over the same space (``all_models``: every architecture and its
+ranges) with its ``bench`` profile (32 px, 20 steps an epoch, 1 worker: the cpu profile's 64 px
+epochs of resnet/ViT cost minutes each on 2 cores), on the synthetic benchmark generated at 32 px
+(``dfsearch synth --size 32 --difficulty 0.2 --n 2000``; downscaling the 64 px default would erase the
+upsampling fingerprint the detectors look for) unless --data:
 
 * ``tpe+asha``: ``--searcher tpe --scheduler asha`` (the default search), as many trials as fit;
 * ``random``:   ``--searcher random --scheduler fifo``, every trial runs ``max_epochs``.
@@ -60,10 +64,12 @@ def epochs_to_reach(c: pd.DataFrame, target: float) -> int | None:
     return int(hit.trial_epochs.iloc[0]) if not hit.empty else None
 
 
-def run_arm(arm: str, seed: int, budget: int, max_epochs: int, out: Path, data: str | None, space: str) -> Path:
+def run_arm(arm: str, seed: int, budget: int, max_epochs: int, out: Path, data: str | None, space: str,
+            profile: str) -> Path:
     name = f"{arm.replace('+', '_')}-s{seed}"
     n = 1000 if arm == "tpe+asha" else -(-budget // max_epochs)  # random: exactly budget / max_epochs trials
-    cmd = [sys.executable, str(REPO / "run_search.py"), "--space", space, "--out", str(out), "--name", name,
+    cmd = [sys.executable, str(REPO / "run_search.py"), "--space", space, "--profile", profile, "--out", str(out),
+           "--name", name,
            "--seed", str(seed), "--num-samples", str(n), "--max-epochs", str(max_epochs),
            "--budget-epochs", str(budget), "--max-concurrent", "1", "--wandb-mode", "disabled", "--json",
            *ARMS[arm]] + (["--data", data] if data else [])
@@ -80,18 +86,23 @@ def main() -> int:
     ap.add_argument("--budget", type=int, default=48, help="trial-epochs per search")
     ap.add_argument("--max-epochs", type=int, default=4, help="epochs of a full trial (ASHA max_t)")
     ap.add_argument("--space", default="all_models")
-    ap.add_argument("--data", help="dataset folder (default: the embedded synthetic benchmark)")
+    ap.add_argument("--profile", default="bench", help="budget profile of the space file")
+    ap.add_argument("--data", help="dataset folder (default: a 32 px synthetic set generated in --out)")
     ap.add_argument("--out", help="where the searches go (default: a temp dir)")
     ap.add_argument("--plot", help="write the curves to this PNG")
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="search-eff-"))
     out.mkdir(parents=True, exist_ok=True)
+    if not args.data:
+        from dfsearch.data.synth import generate
+
+        args.data = str(generate(out / "data", n=2000, size=32, seed=0, difficulty=0.2, progress=False))
     print(f"search efficiency: {len(args.seeds)} seeds x {list(ARMS)}, {args.budget} trial-epochs each, "
-          f"max_epochs {args.max_epochs}, space {args.space}; runs in {out}", flush=True)
+          f"max_epochs {args.max_epochs}, space {args.space} (profile {args.profile}); runs in {out}", flush=True)
 
     results, curves = [], {}
     for seed in args.seeds:
-        c = {arm: curve(run_arm(arm, seed, args.budget, args.max_epochs, out, args.data, args.space))
+        c = {arm: curve(run_arm(arm, seed, args.budget, args.max_epochs, out, args.data, args.space, args.profile))
              for arm in ARMS}
         curves[seed] = c
         target = float(c["random"].best.iloc[-1])

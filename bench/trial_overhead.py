@@ -1,6 +1,7 @@
 """Per-trial fixed overhead of a search: trial wall time minus time in training steps.
 
-    python bench/trial_overhead.py                 # runs a small search (4 x 1-epoch small_cnn trials) and measures it
+    python bench/trial_overhead.py                 # the same small search (6 x 1-epoch small_cnn trials, 2 workers)
+                                                   # on warm pools and with --no-pool, side by side
     python bench/trial_overhead.py --run runs/X    # measures an existing search run dir (e.g. the demo)
 
 Per trial, from Tune's results (``progress.csv`` of each trial) and the worker's own timings:
@@ -43,30 +44,49 @@ def measure(run_dir: Path) -> pd.DataFrame:
     return df
 
 
+def summarize(df: pd.DataFrame) -> dict:
+    return {k: statistics.median(df[k]) for k in ("wall_s", "train_s", "eval_s", "setup_s", "overhead_s")}
+
+
+def run_small_search(out: Path, data: Path, trials: int, pool: bool) -> Path:
+    name = "pool" if pool else "nopool"
+    cmd = [sys.executable, str(REPO / "run_search.py"), "--space", "cnn", "--data", str(data), "--out", str(out),
+           "--name", name, "--num-samples", str(trials), "--max-epochs", "1", "--workers-per-trial", "2",
+           "--max-concurrent", "1", "--wandb-mode", "disabled", "--json"] + ([] if pool else ["--no-pool"])
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return out / name
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", help="an existing search run dir")
-    ap.add_argument("--trials", type=int, default=4)
+    ap.add_argument("--trials", type=int, default=6)
     args = ap.parse_args()
     if args.run:
-        run_dir = Path(args.run)
+        runs = {"run": Path(args.run)}
     else:
         out = Path(tempfile.mkdtemp(prefix="overhead-"))
         from dfsearch.data.synth import generate
 
         data = generate(out / "data", n=400, size=32, progress=False)
-        cmd = [sys.executable, str(REPO / "run_search.py"), "--space", "cnn", "--data", str(data), "--out", str(out),
-               "--name", "o", "--num-samples", str(args.trials), "--max-epochs", "1", "--workers-per-trial", "2",
-               "--max-concurrent", "1", "--wandb-mode", "disabled", "--json"]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        run_dir = out / "o"
-    df = measure(run_dir)
-    print(df.round(2).to_string(index=False))
-    med = {k: statistics.median(df[k]) for k in ("wall_s", "train_s", "eval_s", "setup_s", "overhead_s")}
-    print(f"\nmedian per trial: wall {med['wall_s']:.1f} s, training steps {med['train_s']:.1f} s, "
-          f"setup {med['setup_s']:.1f} s, eval/report {med['eval_s']:.1f} s -> fixed overhead {med['overhead_s']:.1f} s "
-          f"(goal <= 5 s)")
-    print(json.dumps({"run": str(run_dir), "trials": len(df), **{k: round(v, 2) for k, v in med.items()}}))
+        runs = {mode: run_small_search(out, data, args.trials, mode == "pool") for mode in ("pool", "no-pool")}
+    meds = {}
+    for mode, run_dir in runs.items():
+        df = measure(run_dir)
+        med = meds[mode] = summarize(df)
+        t = pd.read_parquet(run_dir / "trials.parquet")
+        if len(t) > 2:  # end to end, gaps between trials included, the first trial (start-up) left out
+            t = t.sort_values("start")
+            med["end_to_end_s"] = float((t.start + t.wall_time_s).iloc[-1] - t.start.iloc[1]) / (len(t) - 1)
+        print(f"== {mode}: {run_dir}\n{df.round(2).to_string(index=False)}")
+        print(f"median per trial: wall {med['wall_s']:.1f} s, training steps {med['train_s']:.1f} s, "
+              f"setup {med['setup_s']:.1f} s, eval/report {med['eval_s']:.1f} s -> fixed overhead "
+              f"{med['overhead_s']:.1f} s (goal <= 5 s); end to end (gaps between trials included, "
+              f"first trial excluded) {med.get('end_to_end_s', float('nan')):.1f} s per trial\n")
+    if len(meds) == 2:
+        print(f"fixed overhead per trial: warm pool {meds['pool']['overhead_s']:.1f} s vs one TorchTrainer per "
+              f"trial {meds['no-pool']['overhead_s']:.1f} s (ratio {meds['no-pool']['overhead_s'] / meds['pool']['overhead_s']:.1f}x)")
+    print(json.dumps({mode: {k: round(v, 2) for k, v in m.items()} for mode, m in meds.items()}))
     return 0
 
 

@@ -2,8 +2,15 @@
 
 Flow: validate the space (YAML) and the data, start/connect Ray, refuse what the cluster can never
 run, then ``Tuner.fit()`` (or ``Tuner.restore`` for ``--resume``). Each trial is a Tune function
-trainable that runs a ``TorchTrainer`` (``train.fit_trial``) and forwards its metrics with
-``TuneReportCallback``. What a search leaves in its run directory ``<out>/<name>/``:
+trainable (``trial_fn``) whose training is Ray Train DDP, in one of two ways:
+
+* default: on a warm pool (``dfsearch.pool``): one long-lived ``TorchTrainer`` worker group per
+  concurrent trial runs trial after trial; the trainable submits its config and relays each epoch's
+  result to Tune. A trial's fixed cost drops from ~17 s (a Train run's start-up) to under 1 s;
+* ``--no-pool``: the trainable runs its own ``TorchTrainer`` (``train.fit_trial``) and forwards its
+  metrics with ``TuneReportCallback`` (full process isolation per trial).
+
+What a search leaves in its run directory ``<out>/<name>/``:
 
 * ``trials.parquet``: one row per trial: id, arch, hyperparameters, status (completed / pruned /
   failed + reason), epochs run, best val metrics, wall time, checkpoint path;
@@ -12,7 +19,7 @@ trainable that runs a ``TorchTrainer`` (``train.fit_trial``) and forwards its me
 * ``optuna.db``: the Optuna study (sqlite), so ``--resume`` continues it;
 * ``optuna_history.png`` / ``optuna_importances.png``; ``wandb/`` (offline runs, if offline).
 
-Why trials complete here: when ASHA stops a trial, Tune kills the trial's trainable actor, and the
+Why ``--no-pool`` trials complete here: when ASHA stops a trial, Tune kills the trial's trainable actor, and the
 Ray Train controller (owned by it) dies before it removes its worker group's placement group.
 Ray's own backup cleaner needs the dashboard's State API, which a ``ray[tune,train]`` install
 lacks, so the group stayed reserved and later trials waited forever. ``TrialBookkeeper`` removes a
@@ -420,6 +427,10 @@ def run(args, report_to=None) -> int:
     from dfsearch.train import init_ray
 
     # 1. everything cheap that can be wrong, before Ray starts
+    if "://" in str(args.out):
+        raise DfsearchError(f"--out {args.out}: remote storage URIs are not supported yet (the run directory holds a "
+                            f"sqlite study and is pruned in place); use a local path, or on a multi-node cluster a "
+                            f"shared filesystem (e.g. NFS) mounted at the same path on every node")
     out = Path(args.out).expanduser().resolve()
     name = args.name or ("search-" + time.strftime("%Y%m%d-%H%M%S"))
     run_dir = out / name
@@ -461,6 +472,9 @@ def run(args, report_to=None) -> int:
     from ray.tune.schedulers import ASHAScheduler
 
     p = plan(args, space, ray.cluster_resources())
+    if len([n for n in ray.nodes() if n.get("Alive")]) > 1:
+        print(f"dfsearch: {len(ray.nodes())} nodes: {out} must be a filesystem shared by all of them at the same "
+              f"path (workers write checkpoints there)", file=sys.stderr)
     profile = p["profile"]
     run_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:

@@ -59,6 +59,7 @@ def _commands(p: dict) -> dict:
         "search_resume_missing": (["--resume", "--name", "missing"], "run_search", False),
         "search_resume_lists": (["--resume", "--out", p["old_runs"], "--name", "missing"], "run_search", False),
         "search_zero_samples": (["--num-samples", 0], "run_search", False),
+        "search_remote_out": (["--space", "cnn", "--out", "s3://bucket/runs"], "run_search", False),
         "search_gpus": (["--gpus-per-worker", gpus + 1, "--space", "cnn", "--data", p["small"],
                          "--name", "gpu"], "run_search", True),
     }, gpus
@@ -248,6 +249,13 @@ def test_search_zero_samples(runs):
     r = result(runs, "search_zero_samples")
     err = _failed(r, "run_search.py")
     assert "--num-samples 0" in err and ">= 1" in err
+    _nothing_written(r)
+
+
+def test_search_remote_out_is_refused_not_written_as_a_local_folder(runs):
+    r = result(runs, "search_remote_out")
+    err = _failed(r, "run_search.py")
+    assert "--out s3://bucket/runs" in err and "shared filesystem" in err
     _nothing_written(r)
 
 

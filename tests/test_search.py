@@ -185,6 +185,20 @@ def test_a_pool_that_cannot_start_fails_the_trials_instead_of_waiting(ray_local,
     assert ray_local.available_resources().get("CPU", 0) > 0
 
 
+def test_random_search_without_early_stopping_spends_exactly_its_epoch_budget(ray_local, easy_data, tmp_path):
+    """The baseline of bench/search_efficiency.py: random sampler, no ASHA, a trial-epoch budget."""
+    rc = search.run(_args(["--space", "cnn", "--data", easy_data, "--out", tmp_path, "--name", "rnd",
+                           "--num-samples", 10, "--max-epochs", 2, "--budget-epochs", 5, "--searcher", "random",
+                           "--scheduler", "fifo", "--workers-per-trial", 1, "--max-concurrent", 1,
+                           "--wandb-mode", "disabled"]))
+    t = pd.read_parquet(tmp_path / "rnd" / search.TRIALS_FILE).sort_values("start")
+    assert rc == 0 and t.epochs.sum() == 5
+    assert list(t.epochs) == [2, 2, 1] and list(t.status) == ["completed", "completed", "pruned"]
+    study = optuna.load_study(study_name="rnd", storage=f"sqlite:///{tmp_path / 'rnd' / 'optuna.db'}")
+    assert not any("fixed_params" in tr.system_attrs for tr in study.trials)  # nothing enqueued: pure random
+    assert json.loads((tmp_path / "rnd" / "search.json").read_text())["args"]["searcher"] == "random"
+
+
 def test_nan_loss_stops_the_trial_and_marks_it(ray_local, easy_data, tmp_path):
     rc = search.run(_args(["--space", "cnn", "--data", easy_data, "--out", tmp_path, "--name", "nan",
                            "--num-samples", 1, "--max-epochs", 2, "--workers-per-trial", 1,
