@@ -374,8 +374,9 @@ class PoolSession:
 def pool_loop(cfg: dict) -> None:
     """Per-worker entry point of a warm pool: take a trial from the broker, run ``train_loop`` on it,
     take the next, until the broker says the search is over. ``cfg``: ``{"broker": actor handle,
-    "pool_id": int, "index": DatasetIndex json or ObjectRef, "fault": tests only}``; each request holds ``train_loop``'s
-    trial fields plus ``trial_dir`` and ``resume`` (a checkpoint folder or None).
+    "pool_id": int, "index": DatasetIndex json or ObjectRef, "fault": tests only}``; each request
+    holds ``train_loop``'s trial fields plus ``trial_dir`` and ``resume`` (a checkpoint folder or
+    None).
 
     A trial that raises is reported to the broker (so its Tune trial fails with that error) and the
     error is re-raised: that ends this Train run (another rank may be stuck in a collective the
