@@ -2,6 +2,7 @@
 
     python bench/search_efficiency.py                      # 3 seeds, 48 trial-epochs each, all_models (bench profile)
     python bench/search_efficiency.py --seeds 0 1 2 3 4 --budget 64
+    python bench/search_efficiency.py --out DIR --grace 2   # TPE+ASHA with grace 2; runs already in DIR are reused
 
 For every seed, two real searches (``run_search.py``, one trial at a time so that the order of
 epochs is the order of spending), over the same space (``all_models``: every architecture and its
@@ -65,14 +66,18 @@ def epochs_to_reach(c: pd.DataFrame, target: float) -> int | None:
 
 
 def run_arm(arm: str, seed: int, budget: int, max_epochs: int, out: Path, data: str | None, space: str,
-            profile: str) -> Path:
-    name = f"{arm.replace('+', '_')}-s{seed}"
+            profile: str, grace: int | None) -> Path:
+    g = f"-g{grace}" if grace and arm == "tpe+asha" else ""
+    name = f"{arm.replace('+', '_')}{g}-s{seed}"
+    if (out / name / "trials.parquet").exists():  # a finished search of an earlier run of this bench
+        print(f"  {arm:<9} seed {seed}: reusing {out / name}", flush=True)
+        return out / name
     n = 1000 if arm == "tpe+asha" else -(-budget // max_epochs)  # random: exactly budget / max_epochs trials
     cmd = [sys.executable, str(REPO / "run_search.py"), "--space", space, "--profile", profile, "--out", str(out),
            "--name", name,
            "--seed", str(seed), "--num-samples", str(n), "--max-epochs", str(max_epochs),
            "--budget-epochs", str(budget), "--max-concurrent", "1", "--wandb-mode", "disabled", "--json",
-           *ARMS[arm]] + (["--data", data] if data else [])
+           *ARMS[arm]] + (["--data", data] if data else []) + (["--grace-period", str(grace)] if g else [])
     t0 = time.time()
     with open(out / f"{name}.log", "w") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
@@ -87,6 +92,7 @@ def main() -> int:
     ap.add_argument("--max-epochs", type=int, default=4, help="epochs of a full trial (ASHA max_t)")
     ap.add_argument("--space", default="all_models")
     ap.add_argument("--profile", default="bench", help="budget profile of the space file")
+    ap.add_argument("--grace", type=int, help="ASHA grace period of the TPE+ASHA arm (default: the profile's)")
     ap.add_argument("--data", help="dataset folder (default: a 32 px synthetic set generated in --out)")
     ap.add_argument("--out", help="where the searches go (default: a temp dir)")
     ap.add_argument("--plot", help="write the curves to this PNG")
@@ -96,13 +102,15 @@ def main() -> int:
     if not args.data:
         from dfsearch.data.synth import generate
 
-        args.data = str(generate(out / "data", n=2000, size=32, seed=0, difficulty=0.2, progress=False))
+        args.data = str(out / "data") if (out / "data" / "synth.json").exists() else \
+            str(generate(out / "data", n=2000, size=32, seed=0, difficulty=0.2, progress=False))
     print(f"search efficiency: {len(args.seeds)} seeds x {list(ARMS)}, {args.budget} trial-epochs each, "
           f"max_epochs {args.max_epochs}, space {args.space} (profile {args.profile}); runs in {out}", flush=True)
 
     results, curves = [], {}
     for seed in args.seeds:
-        c = {arm: curve(run_arm(arm, seed, args.budget, args.max_epochs, out, args.data, args.space, args.profile))
+        c = {arm: curve(run_arm(arm, seed, args.budget, args.max_epochs, out, args.data, args.space, args.profile,
+                                args.grace))
              for arm in ARMS}
         curves[seed] = c
         target = float(c["random"].best.iloc[-1])

@@ -393,7 +393,8 @@ def plan(args, space: Space, cluster: dict) -> dict:
     use_gpu = args.gpus_per_worker > 0 if args.gpus_per_worker is not None else gpus > 0
     profile = space.profile(args.profile or ("gpu" if use_gpu else "cpu"))
     overrides = {k: v for k, v in dict(num_samples=args.num_samples, max_epochs=args.max_epochs,
-                                       workers_per_trial=args.workers_per_trial).items() if v is not None}
+                                       workers_per_trial=args.workers_per_trial,
+                                       grace_period=getattr(args, "grace_period", None)).items() if v is not None}
     if overrides:
         profile = profile.model_copy(update=overrides)
     if profile.grace_period > profile.max_epochs:
@@ -442,7 +443,7 @@ def run(args, report_to=None) -> int:
                                    else " (pass the same --out and --name as the interrupted run)"))
         saved = json.loads((run_dir / "search.json").read_text())
         args.space, args.data = saved["space"], saved["data"]
-        for k in ("profile", "num_samples", "max_epochs", "workers_per_trial", "seed"):
+        for k in ("profile", "num_samples", "max_epochs", "workers_per_trial", "grace_period", "seed"):
             setattr(args, k, saved["args"].get(k))
         for k, default in (("pool", True), ("searcher", "tpe"), ("scheduler", "asha"), ("budget_epochs", None)):
             setattr(args, k, saved["args"].get(k, default))
@@ -482,6 +483,7 @@ def run(args, report_to=None) -> int:
             "space": str(space.path), "data": str(data), "name": name,
             "args": {"profile": args.profile or ("gpu" if p["use_gpu"] else "cpu"), "num_samples": profile.num_samples,
                      "max_epochs": profile.max_epochs, "workers_per_trial": profile.workers_per_trial,
+                     "grace_period": profile.grace_period,
                      "seed": args.seed, "pool": args.pool, "searcher": args.searcher, "scheduler": args.scheduler,
                      "budget_epochs": args.budget_epochs}}, indent=2))
     print(f"dfsearch: space {space.name} ({', '.join(space.archs)}), profile: {profile.num_samples} trials x "

@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", type=int, help="number of trials (overrides the profile)")
     p.add_argument("--max-epochs", type=int, help="epochs per trial / ASHA max_t (overrides the profile)")
     p.add_argument("--workers-per-trial", type=int, help="DDP workers per trial (overrides the profile)")
+    p.add_argument("--grace-period", type=int, help="ASHA: epochs before a trial can be stopped (overrides the profile)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (default: 1 if the cluster has GPUs, else 0)")
     p.add_argument("--max-concurrent", type=int, help="cap on concurrent trials (default: what the cluster fits)")
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args) -> int:
     from dfsearch.search import run as search
 
-    for flag in ("num_samples", "max_epochs", "workers_per_trial", "max_concurrent", "budget_epochs"):
+    for flag in ("num_samples", "max_epochs", "workers_per_trial", "max_concurrent", "budget_epochs", "grace_period"):
         v = getattr(args, flag)
         if v is not None and v < 1:
             print(f"run_search.py: error: --{flag.replace('_', '-')} {v}: need >= 1", file=sys.stderr)

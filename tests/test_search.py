@@ -282,3 +282,17 @@ def test_ddp_ranks_sharing_one_gpu_are_refused_before_anything_starts():
     args = _args(["--space", "cnn", "--workers-per-trial", 2, "--gpus-per-worker", 0.5])
     with pytest.raises(DfsearchError, match="share one GPU, which nccl refuses"):
         search.plan(args, search_space.load("cnn"), {"CPU": 16, "GPU": 1})
+
+
+def test_flags_override_the_profile_budgets(monkeypatch):
+    from dfsearch import search_space
+
+    monkeypatch.setattr("dfsearch.train.check_resources", lambda *a, **k: None)
+    space = search_space.load("all_models")
+    args = _args(["--grace-period", 2, "--max-epochs", 6, "--num-samples", 5, "--workers-per-trial", 1])
+    p = search.plan(args, space, {"CPU": 3})
+    prof = p["profile"]
+    assert (prof.grace_period, prof.max_epochs, prof.num_samples, prof.workers_per_trial) == (2, 6, 5, 1)
+    assert p["max_concurrent"] == 2  # 3 CPUs fit two 1-worker trials with their 0.5-CPU drivers
+    args = _args(["--grace-period", 9, "--max-epochs", 4])
+    assert search.plan(args, space, {"CPU": 3})["profile"].grace_period == 4  # capped at max_epochs
