@@ -129,10 +129,11 @@ def main() -> int:
     reached = [r["tpe_asha_epochs_to_random_best"] for r in results]
     met = sum(1 for e in reached if e is not None and e <= args.budget / 3)
     med = statistics.median([e if e is not None else float("inf") for e in reached])
+    needed = f"{med:g} (= {med / args.budget:.2f} of random's)" if med != float("inf") else "not reached"
     print(f"\nTPE+ASHA reached random search's best ({args.budget} trial-epochs) within a third of the budget "
-          f"({args.budget / 3:.0f}) in {met}/{len(results)} seeds; median trial-epochs needed {med:g} "
-          f"(= {med / args.budget:.2f} of random's); mean best: TPE+ASHA {df.tpe_asha_best.mean():.3f}, "
-          f"random {df.random_best.mean():.3f}")
+          f"({args.budget / 3:.0f}) in {met}/{len(results)} seeds; median trial-epochs needed: {needed}; mean best: "
+          f"TPE+ASHA {df.tpe_asha_best.mean():.3f}, random {df.random_best.mean():.3f}; mean best at a third: "
+          f"TPE+ASHA {df.tpe_asha_best_at_third.mean():.3f}, random {df.random_best_at_third.mean():.3f}")
     if args.plot:
         import matplotlib
 
