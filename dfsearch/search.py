@@ -160,6 +160,9 @@ def trial_fn(config: dict, index=None, setup=None) -> None:
         from dfsearch.pool import broker
 
         trial_dir = Path(setup["train_storage"]) / trial_id
+        final = trial_files.read_final(trial_dir)
+        if final is not None:  # it had ended before the search was killed: say so again, train nothing
+            return tune.report(final)
         resume = trial_files.latest(trial_dir)  # a search killed while this trial ran
         request = {"train": train_cfg.model_dump(), "candidate": trial_id, "fault": fault,
                    "max_train_batches": profile.steps_per_epoch, "trial_dir": str(trial_dir),

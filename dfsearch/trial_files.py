@@ -13,6 +13,24 @@ import shutil
 from pathlib import Path
 
 PREDICTIONS_FILE = "predictions.parquet"  # = store.PREDICTIONS_FILE (store imports pandas)
+FINAL_FILE = "final.json"  # a warm pool's record that a trial ended, with its last result
+
+
+def write_final(trial_dir: Path, metrics: dict) -> None:
+    """Record that a trial ended (all epochs, stopped by ASHA, or NaN) with its last result: a search
+    killed before Tune saved that the trial ended reports this on ``--resume`` instead of training
+    again from the one checkpoint that pruning kept."""
+    trial_dir.mkdir(parents=True, exist_ok=True)  # a trial that never checkpointed (NaN at epoch 1) has none
+    tmp = trial_dir / (FINAL_FILE + ".tmp")
+    tmp.write_text(json.dumps(metrics, default=float))
+    tmp.replace(trial_dir / FINAL_FILE)
+
+
+def read_final(trial_dir: Path) -> dict | None:
+    try:
+        return json.loads((trial_dir / FINAL_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _checkpoints(trial_dir: Path):

@@ -337,6 +337,7 @@ class PoolSession:
     def __init__(self, broker, trial_id: str, trial_dir: str, resume_from: str | None, rank: int):
         self.broker, self.trial_id, self.rank = broker, trial_id, rank
         self.trial_dir, self._resume = Path(trial_dir), resume_from
+        self.last: dict | None = None  # the last result sent (rank 0)
 
     @contextlib.contextmanager
     def resume(self):
@@ -366,6 +367,7 @@ class PoolSession:
                 os.replace(checkpoint_dir, final)
                 metrics["checkpoint_path"] = str(final)
                 trial_files.prune(self.trial_dir, keep_latest=True)
+            self.last = metrics
             ray.get(self.broker.post.remote(self.trial_id, {"type": "result", "metrics": metrics}))
             go = ray.get(self.broker.wait_decision.remote(self.trial_id, metrics["epoch"], DECISION_TIMEOUT_S))
         return _broadcast(go)
@@ -407,6 +409,10 @@ def pool_loop(cfg: dict) -> None:
                                                       "traceback": traceback.format_exc()}))
             raise
         if rank == 0:
+            if session.last is not None:
+                from dfsearch import trial_files
+
+                trial_files.write_final(session.trial_dir, session.last)
             ray.get(broker.post.remote(trial_id, {"type": "done"}))
         del session
         gc.collect()
