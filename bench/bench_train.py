@@ -182,13 +182,7 @@ def plain_train(arch: str, index, steps: int) -> tuple[float, float, list]:
     """The same steps as ``train_loop_per_worker``'s first epoch, in this process, no Ray.
     Returns (wall seconds of the step loop, timed exactly as the worker times ``train_time_s``;
     CPU seconds of this process over the same span; [user s, system s, minor page faults])."""
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-
-    try:
-        from dfsearch.worker import seed_everything
-    except ImportError:
-        from dfsearch.train import seed_everything
+    from dfsearch.worker import make_optimizer, seed_everything
 
     c = cfg_for(arch)
     seed_everything(c.seed)
@@ -200,11 +194,7 @@ def plain_train(arch: str, index, steps: int) -> tuple[float, float, list]:
     loader = make_loader(ds, batch_size=c.batch_size, rank=0, world=1, shuffle=True, seed=c.seed,
                          workers=c.loader_workers)
     steps_per_epoch = min(len(loader), steps)
-    optimizer = create_optimizer_v2(model, opt=c.optimizer, lr=c.lr, weight_decay=c.weight_decay)
-    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=c.epochs,
-                                       warmup_epochs=c.warmup_epochs, warmup_lr=c.lr * 0.01,
-                                       min_lr=c.lr * 0.01, step_on_epochs=False,
-                                       updates_per_epoch=steps_per_epoch)
+    optimizer, scheduler = make_optimizer(model, c, steps_per_epoch)
     seed_everything(c.seed * 1000)
     loader.sampler.set_epoch(0)
     model.train()

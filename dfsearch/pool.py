@@ -30,6 +30,7 @@ pool whose runs keep failing before they take any trial (it cannot start) gives 
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 
 import ray
@@ -149,7 +150,7 @@ def _run_pool(pool_id: int, broker, index, scaling: dict, storage: str, name: st
     from dfsearch.train import _trainer_class, pool_loop_per_worker, scaling_config
 
     idle_failures = 0
-    for attempt in range(1_000_000):
+    for attempt in itertools.count():
         error = None
         try:
             result = _trainer_class()(

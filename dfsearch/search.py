@@ -96,10 +96,6 @@ def _honest_optuna_search():
     return HonestOptunaSearch
 
 
-SEARCHERS = ("tpe", "random")
-SCHEDULERS = ("asha", "fifo")
-
-
 def make_searcher(space: Space, run_dir: Path, name: str, max_epochs: int, seed: int, kind: str = "tpe"):
     """The Optuna searcher over ``space`` (study persisted in ``run_dir/optuna.db``). ``tpe``:
     multivariate TPE, every architecture tried once first; ``random``: Optuna's RandomSampler (the
@@ -397,7 +393,7 @@ def plan(args, space: Space, cluster: dict) -> dict:
     profile = space.profile(args.profile or ("gpu" if use_gpu else "cpu"))
     overrides = {k: v for k, v in dict(num_samples=args.num_samples, max_epochs=args.max_epochs,
                                        workers_per_trial=args.workers_per_trial,
-                                       grace_period=getattr(args, "grace_period", None)).items() if v is not None}
+                                       grace_period=args.grace_period).items() if v is not None}
     if overrides:
         profile = profile.model_copy(update=overrides)
     if profile.grace_period > profile.max_epochs:
@@ -476,8 +472,9 @@ def run(args, report_to=None) -> int:
     from ray.tune.schedulers import ASHAScheduler
 
     p = plan(args, space, ray.cluster_resources())
-    if len([n for n in ray.nodes() if n.get("Alive")]) > 1:
-        print(f"dfsearch: {len(ray.nodes())} nodes: {out} must be a filesystem shared by all of them at the same "
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if nodes > 1:
+        print(f"dfsearch: {nodes} nodes: {out} must be a filesystem shared by all of them at the same "
               f"path (workers write checkpoints there)", file=sys.stderr)
     profile = p["profile"]
     run_dir.mkdir(parents=True, exist_ok=True)

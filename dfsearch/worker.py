@@ -36,7 +36,7 @@ import torch
 
 from dfsearch import checkpoint as ckpt_io
 from dfsearch import metrics as M
-from dfsearch import models, store
+from dfsearch import models, store, trial_files
 from dfsearch.config import TrainConfig, score
 from dfsearch.data.loading import Augment, ImageList, build_transform, make_loader
 
@@ -102,6 +102,20 @@ def predict_split(model, dataset, *, batch_size, rank, world, device, amp, worke
     return probs, bad_all
 
 
+def make_optimizer(model, c: TrainConfig, steps_per_epoch: int):
+    """timm's optimizer (weight decay = L2 strength) and a per-step cosine schedule with warmup, as
+    every trial trains (``bench/bench_train.py``'s plain loop uses the same)."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    optimizer = create_optimizer_v2(model, opt=c.optimizer, lr=c.lr, weight_decay=c.weight_decay)
+    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=c.epochs,
+                                       warmup_epochs=c.warmup_epochs, warmup_lr=c.lr * 0.01,
+                                       min_lr=c.lr * 0.01, step_on_epochs=False,
+                                       updates_per_epoch=steps_per_epoch)
+    return optimizer, scheduler
+
+
 def _split_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
     ok = np.isfinite(probs)
     y, p = labels[ok], probs[ok]
@@ -158,8 +172,6 @@ def train_loop(cfg: dict, session=None) -> None:
     all its epochs, its loss went NaN, or the session said stop."""
     import ray.train
     import ray.train.torch
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
 
     from dfsearch.data.discover import oversample
 
@@ -191,11 +203,7 @@ def train_loop(cfg: dict, session=None) -> None:
     max_batches = cfg.get("max_train_batches") or len(loader)
     steps_per_epoch = min(len(loader), max_batches)
 
-    optimizer = create_optimizer_v2(model, opt=c.optimizer, lr=c.lr, weight_decay=c.weight_decay)
-    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=c.epochs,
-                                       warmup_epochs=c.warmup_epochs, warmup_lr=c.lr * 0.01,
-                                       min_lr=c.lr * 0.01, step_on_epochs=False,
-                                       updates_per_epoch=steps_per_epoch)
+    optimizer, scheduler = make_optimizer(model, c, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
 
     start_epoch, best, best_epoch, skipped, finished = 0, -math.inf, None, {}, None
@@ -356,8 +364,6 @@ class PoolSession:
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> bool:
         import ray
 
-        from dfsearch import trial_files
-
         go = True
         if self.rank == 0:
             metrics = dict(metrics)
@@ -410,8 +416,6 @@ def pool_loop(cfg: dict) -> None:
             raise
         if rank == 0:
             if session.last is not None:
-                from dfsearch import trial_files
-
                 trial_files.write_final(session.trial_dir, session.last)
             ray.get(broker.post.remote(trial_id, {"type": "done"}))
         del session
