@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dfsearch import tracking
+from dfsearch import remote, tracking
 from dfsearch.ensemble import METRICS, format_summary, run_ensemble
 from dfsearch.errors import DfsearchError
 from dfsearch.store import PREDICTIONS_FILE
@@ -39,7 +39,8 @@ SCALARS = ("accuracy", "roc_auc", "log_loss", "f1", "precision", "recall", "aver
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--run", help="search/train output folder with predictions.parquet + candidates.parquet "
+    src.add_argument("--run", help="search/train output folder with predictions.parquet + candidates.parquet, "
+                                   "or its URI (s3://...: fetched, and the ensemble copied back) "
                                    f"(default: the most recent {RUNS_DIR}/*/ holding a {PREDICTIONS_FILE})")
     src.add_argument("--predictions", help="any folder of prediction-contract parquet files")
     p.add_argument("--top-k", type=int, default=4, help="most distinct members (default 4)")
@@ -146,6 +147,15 @@ def run(args) -> int:
     for flag, value in (("--top-k", args.top_k), ("--rounds", args.rounds), ("--nbest", args.nbest)):
         if value is not None and value < 1:
             raise DfsearchError(f"{flag} {value}: must be >= 1")
+    target = None  # --run URI: fetched into a local staging copy; the ensemble is copied back
+    if args.run and remote.is_uri(args.run):
+        target = remote.open_uri(args.run, "--run")
+        if not target.exists(PREDICTIONS_FILE):
+            raise DfsearchError(f"--run {args.run}: no {PREDICTIONS_FILE} there; expected a search's run folder "
+                                f"(`run_search.py --out URI --name NAME` writes URI/NAME)")
+        args.run = str(remote.staging_dir(target.uri))
+        print(f"ensemble: fetching {target.uri} into {args.run}", file=sys.stderr)
+        remote.pull(target, Path(args.run), exclude=("pools",))
     if args.predictions:
         store_dir = Path(args.predictions)
     elif args.run:
@@ -174,11 +184,16 @@ def run(args) -> int:
 
     mode = tracking.resolve_mode(args.wandb_mode, dir=out)
     log_to_wandb(result, out, group=store_dir.name, mode=mode, project=args.wandb_project)
+    copied = None
+    if target is not None and not args.out:
+        copied = target.child(out.name)
+        if not remote.try_push(out, copied, "the ensemble", delete=True):
+            copied = None
     if args.json:
-        print(json.dumps({**result, "out_dir": str(out)}))
+        print(json.dumps({**result, "out_dir": str(out), **({"uri": copied.uri} if copied else {})}))
         return 0
     print(format_summary(result))
-    print(f"\nwrote {out / 'ensemble.json'}")
+    print(f"\nwrote {out / 'ensemble.json'}" + (f" (copied to {copied.uri})" if copied else ""))
     print(f"plots {', '.join(str(out / p) for p in PLOTS)}")
     if mode == "offline":
         print(f"W&B offline run under {out / 'wandb'} (upload with `wandb sync {out / 'wandb'}/offline-run-*`)")

@@ -68,12 +68,15 @@ def _read_ensemble(path: Path) -> dict:
 
 def _checkpoint_path(ckpt: str, doc: dict, ensemble_path: Path) -> Path:
     """Absolute paths as they are; relative ones against the store folder ("source"), else the
-    folder of ensemble.json."""
+    folder of ensemble.json, else its parent (a run folder that was moved or fetched)."""
     p = Path(ckpt.removeprefix("file://"))
     if p.is_absolute() or p.exists():
         return p
-    base = Path(doc["source"]) if doc.get("source") else ensemble_path.parent
-    return base / p
+    bases = ([Path(doc["source"])] if doc.get("source") else []) + [ensemble_path.parent, ensemble_path.parent.parent]
+    for base in bases:  # the store folder where it was made; else where it sits now (<run>/ensemble/)
+        if (base / p).is_dir():
+            return base / p
+    return bases[0] / p
 
 
 def load_members(ensemble_json_path, device: str = "cpu") -> list[Member]:
@@ -206,7 +209,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``predict`` as a subcommand of ``dfsearch``."""
     p = subparsers.add_parser("predict", help="P(fake) for images, with an ensemble from the ensemble command")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
-    p.add_argument("--ensemble", required=True, help="ensemble.json written by the ensemble command")
+    p.add_argument("--ensemble", required=True, help="ensemble.json written by the ensemble command "
+                                                     "(a path, or a URI: s3://.../<run>/ensemble/ensemble.json)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     out.add_argument("--csv", metavar="FILE", help="write path,prob_fake,label to FILE")
@@ -216,8 +220,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def fetch_ensemble(uri: str) -> Path:
+    """``--ensemble URI/<run>/ensemble/ensemble.json``: fetch the run folder (the ensemble and the
+    checkpoints it names) into its local staging copy; returns the local ensemble.json."""
+    from dfsearch import remote
+
+    parts = uri.partition("?")
+    folder, _, fname = parts[0].rstrip("/").rpartition("/")
+    run_uri, _, ens_name = folder.rpartition("/")
+    target = remote.open_uri(run_uri + parts[1] + parts[2], "--ensemble")
+    if not target.exists(f"{ens_name}/{fname}"):
+        raise DfsearchError(f"--ensemble {uri}: no such file; expected URI/<run>/ensemble/ensemble.json as "
+                            f"`ensemble.py --run URI/<run>` writes it")
+    local = remote.staging_dir(target.uri)
+    print(f"predict: fetching {target.uri} into {local}", file=sys.stderr)
+    remote.pull(target, local, exclude=("pools",))
+    return local / ens_name / fname
+
+
 def run(args) -> int:
     """``dfsearch predict``: 0 when at least one image was predicted, 1 when none could be."""
+    if "://" in str(args.ensemble):
+        args.ensemble = fetch_ensemble(args.ensemble)
     members, predictions, errors = _predict(args.ensemble, args.paths, args.batch_size,
                                             _device(args.device), progress=not args.json)
     n_fake = sum(p["label"] == "fake" for p in predictions)

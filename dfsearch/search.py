@@ -19,6 +19,9 @@ What a search leaves in its run directory ``<out>/<name>/``:
 * ``optuna.db``: the Optuna study (sqlite), so ``--resume`` continues it;
 * ``optuna_history.png`` / ``optuna_importances.png``; ``wandb/`` (offline runs, if offline).
 
+With a URI ``--out`` (``s3://...``) the run folder is a local staging copy kept in step with
+``<uri>/<name>/`` (``dfsearch.remote``): the driver copies its files, each pool worker its trial's.
+
 Why ``--no-pool`` trials complete here: when ASHA stops a trial, Tune kills the trial's trainable actor, and the
 Ray Train controller (owned by it) dies before it removes its worker group's placement group.
 Ray's own backup cleaner needs the dashboard's State API, which a ``ray[tune,train]`` install
@@ -32,6 +35,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,7 +44,7 @@ from pathlib import Path
 import pandas as pd
 from ray.tune import Callback
 
-from dfsearch import store, tracking, trial_files
+from dfsearch import remote, store, tracking, trial_files
 from dfsearch.errors import DfsearchError
 from dfsearch.search_space import Space, SpaceSampler
 
@@ -156,13 +161,16 @@ def trial_fn(config: dict, index=None, setup=None) -> None:
         from dfsearch.pool import broker
 
         trial_dir = Path(setup["train_storage"]) / trial_id
+        trial_uri = remote.join(setup["remote"], "train", trial_id) if setup.get("remote") else None
+        if trial_uri:  # this trial's folder as whichever node last trained it left it
+            remote.try_pull(remote.open_uri(trial_uri), trial_dir, f"trial {trial_id}")
         final = trial_files.read_final(trial_dir)
         if final is not None:  # it had ended before the search was killed: say so again, train nothing
             return tune.report(final)
         resume = trial_files.latest(trial_dir)  # a search killed while this trial ran
         request = {"train": train_cfg.model_dump(), "candidate": trial_id, "fault": fault,
                    "max_train_batches": profile.steps_per_epoch, "trial_dir": str(trial_dir),
-                   "resume": str(resume) if resume else None}
+                   "resume": str(resume) if resume else None, "trial_uri": trial_uri}
         return _relay(broker(setup["broker"]), trial_id, request)
 
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -203,7 +211,7 @@ class TrialBookkeeper(Callback):
     checkpoint on disk, and mirrors every trial to its own W&B run. Never raises into Tune."""
 
     def __init__(self, train_storage: str, wandb_mode: str, wandb_project: str, group: str, run_dir: Path,
-                 space: Space, profile, seed: int, broker: str | None = None):
+                 space: Space, profile, seed: int, broker: str | None = None, target=None):
         self.train_storage, self.mode, self.project, self.group = train_storage, wandb_mode, wandb_project, group
         self.run_dir, self.space, self.profile, self.seed = run_dir, space, profile, seed
         self.broker = broker  # warm pools (the broker's name): tell them when Tune ends a trial
@@ -211,6 +219,8 @@ class TrialBookkeeper(Callback):
         self.to_free: dict[str, tuple[str, float]] = {}  # finished trial -> (placement group, when)
         self.runs: dict = {}
         self.freed: list[str] = []  # trials whose placement group we had to remove
+        self.target = target  # a URI --out (dfsearch.remote.Remote): copy the run there as it goes
+        self.pushed_at = time.time()
 
     # Tune hooks ---------------------------------------------------------
     def on_step_begin(self, iteration, trials, **info):
@@ -218,6 +228,8 @@ class TrialBookkeeper(Callback):
         for tid, (pg_id, when) in list(self.to_free.items()):
             if now - when >= FREE_GRACE_S:
                 self._free(tid)
+        if self.target is not None and now - self.pushed_at >= remote.PUSH_EVERY_S:
+            self._push()
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._start_wandb(trial)
@@ -269,7 +281,10 @@ class TrialBookkeeper(Callback):
             pass
         if tid in self.pgs:  # freed after a grace period, if the Train controller has not done it
             self.to_free[tid] = (self.pgs.pop(tid), time.time())
-        best = trial_files.prune(Path(self.train_storage) / tid)
+        trial_dir = Path(self.train_storage) / tid
+        if self.target is not None:  # what a worker on another node wrote, before pruning it here
+            remote.try_pull(self.target.child("train", tid), trial_dir, f"trial {tid}")
+        best = trial_files.prune(trial_dir)
         run = self.runs.pop(tid, None)
         if run is not None:
             try:
@@ -279,6 +294,15 @@ class TrialBookkeeper(Callback):
             except Exception:
                 pass
         tracking.finish(run)
+        if self.target is not None:
+            if trial_dir.is_dir():
+                remote.try_push(trial_dir, self.target.child("train", tid), f"trial {tid}", delete=True)
+            self._push()
+
+    def _push(self):
+        """Copy the driver's own files (Tune state, study, tables, W&B) to the URI."""
+        self.pushed_at = time.time()
+        remote.try_push(self.run_dir, self.target, "the search state", delete=True, exclude=("train", "pools"))
 
     def _free(self, tid: str):
         """Remove a finished trial's Train worker-group placement group if it is still there."""
@@ -427,17 +451,30 @@ def run(args, report_to=None) -> int:
     from dfsearch.train import init_ray
 
     # 1. everything cheap that can be wrong, before Ray starts
-    if "://" in str(args.out):
-        raise DfsearchError(f"--out {args.out}: remote storage URIs are not supported yet (the run directory holds a "
-                            f"sqlite study and is pruned in place); use a local path, or on a multi-node cluster a "
-                            f"shared filesystem (e.g. NFS) mounted at the same path on every node")
-    out = Path(args.out).expanduser().resolve()
     name = args.name or ("search-" + time.strftime("%Y%m%d-%H%M%S"))
-    run_dir = out / name
+    target = None  # a URI --out: the run is staged locally and copied there (dfsearch.remote)
+    if remote.is_uri(args.out):
+        target = remote.open_uri(args.out).child(name)
+        remote.check_writable(target)
+        run_dir = remote.staging_dir(target.uri)
+        out = run_dir.parent
+        if args.resume:
+            if not (run_dir / "tuner.pkl").exists() and target.exists("tuner.pkl"):
+                print(f"dfsearch: fetching {target.uri} into {run_dir}", file=sys.stderr)
+                remote.pull(target, run_dir, exclude=("pools",))
+        elif target.exists("tuner.pkl"):
+            raise DfsearchError(f"a search named {name!r} already exists at {target.uri}; use --resume to "
+                                f"continue it or another --name")
+        elif run_dir.exists():  # staged by an earlier search whose remote copy is gone
+            shutil.rmtree(run_dir)
+    else:
+        out = Path(args.out).expanduser().resolve()
+        run_dir = out / name
+    where = target.uri if target else str(out)
     if args.resume:
         if not (run_dir / "tuner.pkl").exists():
-            prev = sorted(p.parent.name for p in out.glob("*/tuner.pkl"))
-            raise DfsearchError(f"--resume: no previous search named {name!r} under {out}"
+            prev = [] if target else sorted(p.parent.name for p in out.glob("*/tuner.pkl"))
+            raise DfsearchError(f"--resume: no previous search named {name!r} under {where}"
                                 + (f"; found: {', '.join(prev)}" if prev
                                    else " (pass the same --out and --name as the interrupted run)"))
         saved = json.loads((run_dir / "search.json").read_text())
@@ -446,6 +483,8 @@ def run(args, report_to=None) -> int:
             setattr(args, k, saved["args"].get(k))
         for k, default in (("pool", True), ("searcher", "tpe"), ("scheduler", "asha"), ("budget_epochs", None)):
             setattr(args, k, saved["args"].get(k, default))
+        if target:  # trials that other nodes trained since this copy was made
+            remote.pull(target.child("train"), run_dir / "train")
     elif (run_dir / "tuner.pkl").exists():
         raise DfsearchError(f"a search named {name!r} already exists in {out}; use --resume to continue it "
                             f"or another --name")
@@ -473,9 +512,13 @@ def run(args, report_to=None) -> int:
 
     p = plan(args, space, ray.cluster_resources())
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    if nodes > 1:
+    if nodes > 1 and target is None:
         print(f"dfsearch: {nodes} nodes: {out} must be a filesystem shared by all of them at the same "
-              f"path (workers write checkpoints there)", file=sys.stderr)
+              f"path (workers write checkpoints there), or use a URI --out (e.g. s3://...)", file=sys.stderr)
+    if nodes > 1 and target is not None and not args.pool:
+        raise DfsearchError(f"--no-pool with --out {args.out} on {nodes} nodes: Ray Train would leave each trial's "
+                            f"checkpoints on the node that trained it; drop --no-pool (warm pools copy every "
+                            f"trial's checkpoints to the URI from whichever node trains it)")
     profile = p["profile"]
     run_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:
@@ -489,13 +532,15 @@ def run(args, report_to=None) -> int:
     print(f"dfsearch: space {space.name} ({', '.join(space.archs)}), profile: {profile.num_samples} trials x "
           f"<= {profile.max_epochs} epochs, {profile.workers_per_trial} workers/trial, "
           f"{p['max_concurrent']} concurrent, {'GPU' if p['use_gpu'] else 'CPU'}, "
-          f"{'warm worker pools' if args.pool else 'one TorchTrainer per trial'}; run dir {run_dir}", file=sys.stderr)
+          f"{'warm worker pools' if args.pool else 'one TorchTrainer per trial'}; run dir {run_dir}"
+          + (f", copied to {target.uri}" if target else ""), file=sys.stderr)
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # small state: save it often, lose little on a kill
     train_storage = str(run_dir / "train")
     setup = {"space": space, "profile": profile, "seed": args.seed, "use_gpu": p["use_gpu"],
              "cpus_per_worker": args.cpus_per_worker, "gpus_per_worker": p["gpus_per_worker"] or 1.0,
-             "train_storage": train_storage, "faults": getattr(args, "faults", None) or {}}
+             "train_storage": train_storage, "remote": target.uri if target else None,
+             "faults": getattr(args, "faults", None) or {}}
     pools = None
     if args.pool:  # one warm Ray Train worker group per concurrent trial (dfsearch.pool)
         from dfsearch.pool import Pools
@@ -508,7 +553,7 @@ def run(args, report_to=None) -> int:
     trainable = tune.with_resources(tune.with_parameters(trial_fn, index=index.to_json(), setup=setup),
                                     {"CPU": DRIVER_CPUS})
     keeper = TrialBookkeeper(train_storage, mode, args.wandb_project, name, run_dir, space, profile, args.seed,
-                             broker=pools.broker_name if pools else None)
+                             broker=pools.broker_name if pools else None, target=target)
     t0 = time.time()
     try:
         if args.resume:
@@ -540,17 +585,20 @@ def run(args, report_to=None) -> int:
         if pools is not None:
             pools.close()
     wall = time.time() - t0
-    return finish(results, space, profile, args, run_dir, name, mode, wall, report_to)
+    return finish(results, space, profile, args, run_dir, name, mode, wall, report_to, target)
 
 
 def finish(results, space, profile, args, run_dir: Path, name: str, mode: str, wall: float,
-           report_to=None) -> int:
-    """Write trials.parquet, the store, plots and W&B search run; print the summary."""
+           report_to=None, target=None) -> int:
+    """Write trials.parquet, the store, plots and W&B search run; copy the run to ``target`` (a
+    URI --out); print the summary."""
     from dfsearch.train import write_store
 
+    if target is not None:  # checkpoints that workers on other nodes wrote
+        remote.pull(target.child("train"), run_dir / "train")
     df, summaries = collect(results, space, profile, args.seed, run_dir / "train")
     df.to_parquet(run_dir / TRIALS_FILE, index=False)
-    write_store(summaries, run_dir)
+    write_store(summaries, run_dir, relative_to=run_dir)
     plots = optuna_plots(run_dir, name)
     run = tracking.start_run(mode, args.wandb_project, name, "search", f"{name}-search",
                              {"space": space.name, "metric": space.metric, **profile.model_dump()}, run_dir)
@@ -558,10 +606,18 @@ def finish(results, space, profile, args, run_dir: Path, name: str, mode: str, w
     tracking.log_images(run, plots)
     tracking.finish(run)
     report = summary(df, space, run_dir, wall)
+    if target is not None:
+        ok = remote.try_push(run_dir / "train", target.child("train"), "the trials' checkpoints", delete=True) \
+            and remote.try_push(run_dir, target, "the run folder", delete=True, exclude=("train", "pools"))
+        report.update(uri=target.uri, copied=ok, next=f"python ensemble.py --run {shlex.quote(target.uri)} --top-k 4")
     if args.json:
         print(json.dumps(report, default=str), file=report_to or sys.stdout, flush=True)
     else:
         print(format_summary(report))
+    if target is not None and not report["copied"]:
+        print(f"dfsearch: the run is complete in {run_dir} but could not be copied to {target.uri}; "
+              f"`run_search.py --resume --out {args.out} --name {name}` copies it again", file=sys.stderr)
+        return 1
     return 0 if report["finished"] > 0 else 1
 
 
@@ -597,7 +653,9 @@ def format_summary(r: dict) -> str:
         cfg = {k: b[k] for k in ("arch", "lr", "weight_decay", "unfrozen", "batch_size", "optimizer") if k in b}
         lines.append(f"\n  best: {b['trial_id']} {r['metric']} {b[r['metric']]:.4f}  {json.dumps(cfg, default=str)}")
         lines.append(f"  checkpoint: {b['checkpoint']}")
-    lines.append(f"\n  run dir:     {r['run_dir']}")
+    if r.get("uri"):
+        lines.append(f"\n  copied to:   {r['uri']}" + ("" if r["copied"] else "  (FAILED: see above)"))
+    lines.append(f"{'' if r.get('uri') else chr(10)}  run dir:     {r['run_dir']}")
     lines.append(f"  trials:      {r['files']['trials']}")
     lines.append(f"  predictions: {r['files']['predictions']}")
     lines.append(f"\n  next: {r['next']}")

@@ -159,8 +159,10 @@ def trial_summary(result, train_cfg, candidate: str, trial_id: str = "") -> dict
             "error": repr(result.error) if result.error else None}
 
 
-def write_store(summaries: list[dict], folder) -> None:
-    """Collect each trial's best-checkpoint predictions into the store contract in ``folder``."""
+def write_store(summaries: list[dict], folder, relative_to: Path | None = None) -> None:
+    """Collect each trial's best-checkpoint predictions into the store contract in ``folder``.
+    With ``relative_to`` (a search's run folder), checkpoints are recorded relative to it, so the
+    run folder can be moved or copied (e.g. from S3) and still feeds the ensemble."""
     import pandas as pd
 
     from dfsearch import store
@@ -175,8 +177,9 @@ def write_store(summaries: list[dict], folder) -> None:
         frame = pd.read_parquet(p)
         frame["candidate"] = s["candidate"]  # the store's name for it, whatever the trial called itself
         frames.append(frame)
+        ckpt = Path(s["checkpoint"])
         rows.append(store.candidate_row(s["candidate"], s["trial_id"], s["arch"], s["config"], s["best"],
-                                        s["checkpoint"]))
+                                        ckpt.relative_to(relative_to).as_posix() if relative_to else ckpt))
     if frames:
         store.write_predictions(pd.concat(frames, ignore_index=True), folder)
         store.write_candidates(rows, folder)

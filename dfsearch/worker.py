@@ -36,7 +36,7 @@ import torch
 
 from dfsearch import checkpoint as ckpt_io
 from dfsearch import metrics as M
-from dfsearch import models, store, trial_files
+from dfsearch import models, remote, store, trial_files
 from dfsearch.config import TrainConfig, score
 from dfsearch.data.loading import Augment, ImageList, build_transform, make_loader
 
@@ -342,10 +342,19 @@ class PoolSession:
 
     pg_id = ""  # the pool's placement group outlives this trial: nobody may free it
 
-    def __init__(self, broker, trial_id: str, trial_dir: str, resume_from: str | None, rank: int):
+    def __init__(self, broker, trial_id: str, trial_dir: str, resume_from: str | None, rank: int,
+                 trial_uri: str | None = None):
         self.broker, self.trial_id, self.rank = broker, trial_id, rank
         self.trial_dir, self._resume = Path(trial_dir), resume_from
         self.last: dict | None = None  # the last result sent (rank 0)
+        self.target = None  # a URI --out: the trial's folder there (rank 0 copies each checkpoint to it)
+        if trial_uri:
+            self.target = remote.open_uri(trial_uri)
+            remote.try_pull(self.target, self.trial_dir, f"trial {trial_id}")  # trained elsewhere before?
+
+    def push(self) -> None:
+        if self.target is not None and self.rank == 0:
+            remote.try_push(self.trial_dir, self.target, f"trial {self.trial_id}", delete=True)
 
     @contextlib.contextmanager
     def resume(self):
@@ -373,6 +382,7 @@ class PoolSession:
                 os.replace(checkpoint_dir, final)
                 metrics["checkpoint_path"] = str(final)
                 trial_files.prune(self.trial_dir, keep_latest=True)
+                self.push()
             self.last = metrics
             ray.get(self.broker.post.remote(self.trial_id, {"type": "result", "metrics": metrics}))
             go = ray.get(self.broker.wait_decision.remote(self.trial_id, metrics["epoch"], DECISION_TIMEOUT_S))
@@ -394,7 +404,8 @@ def pool_loop(cfg: dict) -> None:
 
     broker = cfg["broker"]
     rank = ray.train.get_context().get_world_rank()
-    if cfg.get("fault"):  # tests: a pool that can never start
+    fault = cfg.get("fault") or {}
+    if fault.get("kind") == "raise":  # tests: a pool that can never start
         raise RuntimeError("injected pool fault")
     index = _resolve_index(cfg["index"])
     while True:
@@ -405,7 +416,12 @@ def pool_loop(cfg: dict) -> None:
         if job == "shutdown":
             return
         trial_id, request = job
-        session = PoolSession(broker, trial_id, request["trial_dir"], request.get("resume"), rank)
+        if fault.get("kind") == "elsewhere":  # tests: as on another node, whose disk the driver cannot see
+            here = Path(fault["root"]) / trial_id
+            request = {**request, "trial_dir": str(here),
+                       "resume": str(here / Path(request["resume"]).name) if request.get("resume") else None}
+        session = PoolSession(broker, trial_id, request["trial_dir"], request.get("resume"), rank,
+                              request.get("trial_uri"))
         try:
             train_loop({**request, "index": index}, session)
         except BaseException as e:
@@ -417,6 +433,7 @@ def pool_loop(cfg: dict) -> None:
         if rank == 0:
             if session.last is not None:
                 trial_files.write_final(session.trial_dir, session.last)
+                session.push()
             ray.get(broker.post.remote(trial_id, {"type": "done"}))
         del session
         gc.collect()

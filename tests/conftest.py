@@ -8,6 +8,28 @@ import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# S3 tests talk to a local moto server; set before Ray starts so that its workers have them too
+for _k, _v in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_DEFAULT_REGION", "us-east-1")):
+    os.environ.setdefault(_k, _v)
+S3_BUCKET = "dfsearch-test"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A local S3 server (moto) with bucket ``S3_BUCKET``; yields the ``?endpoint_override=...``
+    query that points a URI at it (the way a user reaches MinIO or another S3-compatible store)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+    from pyarrow.fs import S3FileSystem
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    _, port = server.get_host_and_port()
+    S3FileSystem(endpoint_override=f"http://127.0.0.1:{port}", allow_bucket_creation=True).create_dir(S3_BUCKET)
+    yield f"?endpoint_override=127.0.0.1:{port}&scheme=http"
+    server.stop()
 
 
 @pytest.fixture(scope="session")

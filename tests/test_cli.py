@@ -252,10 +252,12 @@ def test_search_zero_samples(runs):
     _nothing_written(r)
 
 
-def test_search_remote_out_is_refused_not_written_as_a_local_folder(runs):
+def test_an_unreachable_remote_out_fails_before_anything_runs(runs):
+    """No S3 here: the URI is tried (not taken for a local folder ``s3:/...``) and refused, named."""
     r = result(runs, "search_remote_out")
     err = _failed(r, "run_search.py")
-    assert "--out s3://bucket/runs" in err and "shared filesystem" in err
+    assert "--out s3://bucket/runs" in err and ("cannot open this URI" in err or "cannot write there" in err)
+    assert not (REPO / "s3:").exists()  # run_search runs in the repo root
     _nothing_written(r)
 
 

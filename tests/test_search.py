@@ -5,6 +5,7 @@ placement-group cleaner cannot work and stock Train-under-Tune hung at the third
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,8 +16,9 @@ import optuna
 import pandas as pd
 import pytest
 
-from dfsearch import search, store
+from dfsearch import remote, search, store
 from dfsearch.search_cli import build_parser
+from tests.conftest import S3_BUCKET
 from tests.wandb_offline import read_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -210,13 +212,35 @@ def test_nan_loss_stops_the_trial_and_marks_it(ray_local, easy_data, tmp_path):
     assert [tr.state for tr in study.trials] == [optuna.trial.TrialState.FAIL]
 
 
-def test_killed_search_resumes_without_losing_or_repeating_trials(easy_data, tmp_path):
-    """Kill a real search (driver and its local Ray, SIGKILL) after two trials, then --resume."""
+def _checkpoints(run_dir: Path, trial_ids) -> dict:
+    return {tid: sorted(c.name for c in (run_dir / "train" / tid).glob("checkpoint_*") if c.is_dir())
+            for tid in trial_ids}
+
+
+def _remote_checkpoints(target, trial_ids) -> dict:
+    files, _ = remote._remote_entries(target.child("train"), ())
+    return {tid: sorted({f.split("/")[1] for f in files if f.startswith(f"{tid}/checkpoint_")}) for tid in trial_ids}
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_killed_search_resumes_without_losing_or_repeating_trials(where, easy_data, tmp_path, request):
+    """Kill a real search (driver and its local Ray, SIGKILL) after two trials, then --resume. With
+    an s3:// --out, the local staging copy is deleted before the resume (a new driver machine):
+    everything comes back from the bucket."""
+    out, env = str(tmp_path), {**os.environ, "PYTHONPATH": str(REPO), "DFSEARCH_CACHE": str(tmp_path / "cache")}
+    if where == "s3":
+        out = f"s3://{S3_BUCKET}/{tmp_path.name}{request.getfixturevalue('s3_server')}"
     cmd = [sys.executable, str(REPO / "run_search.py"), "--space", "cnn", "--data", str(easy_data),
-           "--out", str(tmp_path), "--name", "r", "--num-samples", "4", "--max-epochs", "1",
+           "--out", out, "--name", "r", "--num-samples", "4", "--max-epochs", "1",
            "--workers-per-trial", "1", "--max-concurrent", "1", "--no-dashboard", "--wandb-mode", "disabled"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     run = tmp_path / "r"
+    if where == "s3":
+        target = remote.open_uri(remote.join(out, "r"))
+        os.environ["DFSEARCH_CACHE"] = env["DFSEARCH_CACHE"]  # the same staging folder as the subprocess
+        try:
+            run = remote.staging_dir(target.uri)
+        finally:
+            del os.environ["DFSEARCH_CACHE"]
     with open(tmp_path / "first.log", "w") as log:
         p = subprocess.Popen(cmd, start_new_session=True, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 400
@@ -231,9 +255,11 @@ def test_killed_search_resumes_without_losing_or_repeating_trials(easy_data, tmp
         p.wait()
     before = [json.loads(line) for line in progress.read_text().splitlines()]
     done_before = {b["trial_id"] for b in before}
-    kept = {tid: sorted(c.name for c in (run / "train" / tid).glob("checkpoint_*") if c.is_dir())
-            for tid in done_before}
+    kept = _checkpoints(run, done_before)
     assert not (run / search.TRIALS_FILE).exists()
+    if where == "s3":
+        assert _remote_checkpoints(target, done_before) == kept  # pruned there too
+        shutil.rmtree(run)
 
     res = subprocess.run(cmd + ["--resume", "--json"], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -242,11 +268,74 @@ def test_killed_search_resumes_without_losing_or_repeating_trials(easy_data, tmp
     assert len(t) == 4 and t.trial_id.is_unique and report["trials"] == 4
     assert set(t.status) <= {"completed", "pruned"}
     assert done_before <= set(t.trial_id)
-    for tid, names in kept.items():  # not re-run: the same checkpoint, no new ones
-        assert sorted(c.name for c in (run / "train" / tid).glob("checkpoint_*") if c.is_dir()) == names
+    assert {tid: v for tid, v in _checkpoints(run, done_before).items()} == kept  # not re-run: no new ones
     study = optuna.load_study(study_name="r", storage=f"sqlite:///{run / 'optuna.db'}")
     finished = [tr for tr in study.trials if tr.state.is_finished()]
     assert len(finished) >= 4  # the study went on from where it was
+    if where == "s3":
+        assert report["copied"] and report["uri"] == target.uri
+        assert _remote_checkpoints(target, done_before) == kept
+        with target.fs.open_input_file(f"{target.path}/{search.TRIALS_FILE}") as f:
+            assert pd.read_parquet(f).trial_id.tolist() == t.trial_id.tolist()
+
+
+def test_search_to_s3_leaves_everything_there_for_ensemble_and_predict_elsewhere(
+        ray_local, easy_data, tmp_path, s3_server, monkeypatch, capsys):
+    """``--out s3://...`` with the pool's workers writing to a disk the driver cannot see (as on
+    another node of a cluster): the driver gets every trial through the bucket, and afterwards the
+    bucket holds the whole run (tables, study, store, the best checkpoint of each trial, W&B offline
+    runs); with no local copy left, ``ensemble.py --run URI`` and ``dfsearch predict --ensemble
+    URI`` work from the bucket alone."""
+    import numpy as np
+
+    from dfsearch.cli import main as dfsearch_main
+    from dfsearch.ensemble_cli import main as ensemble_main
+
+    monkeypatch.setenv("DFSEARCH_CACHE", str(tmp_path / "cache"))
+    out = f"s3://{S3_BUCKET}/{tmp_path.name}/runs{s3_server}"
+    with open(tmp_path / "r.json", "w") as report_to:
+        rc = search.run(_args(["--space", "cnn", "--data", easy_data, "--out", out, "--name", "s3run",
+                               "--num-samples", 3, "--max-epochs", 2, "--workers-per-trial", 1,
+                               "--max-concurrent", 1, "--wandb-mode", "offline", "--seed", 5, "--json"],
+                              faults={"pool": {"kind": "elsewhere", "root": str(tmp_path / "node2")}}),
+                        report_to=report_to)
+    assert rc == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    target = remote.open_uri(remote.join(out, "s3run"))
+    assert report["copied"] and report["uri"] == target.uri and target.uri in report["next"]
+    files, _ = remote._remote_entries(target, ())
+    for name in (search.TRIALS_FILE, store.PREDICTIONS_FILE, store.CANDIDATES_FILE, "optuna.db", "tuner.pkl",
+                 "search.json"):
+        assert name in files, name
+    assert any(f.startswith("wandb/") for f in files) and not any(f.startswith("pools/") for f in files)
+    with target.fs.open_input_file(f"{target.path}/{store.CANDIDATES_FILE}") as f:
+        cands = pd.read_parquet(f)
+    with target.fs.open_input_file(f"{target.path}/{search.TRIALS_FILE}") as f:
+        finished = pd.read_parquet(f).query("status != 'failed'").trial_id.tolist()
+    assert finished and sorted(cands.trial_id) == sorted(finished)
+    assert all(len(v) == 1 for v in _remote_checkpoints(target, finished).values())  # the best only
+    for row in cands.itertuples():  # relative to the run folder, and there
+        assert not row.checkpoint.startswith("/") and f"{row.checkpoint}/meta.json" in files
+    staged = remote.staging_dir(target.uri)
+    for tid in finished:  # trained on "node2"; on the driver's disk only through the bucket
+        assert (tmp_path / "node2" / tid / "final.json").exists()
+        assert _checkpoints(staged, [tid])[tid] == _remote_checkpoints(target, [tid])[tid]
+
+    shutil.rmtree(tmp_path / "cache")  # another machine: nothing local
+    capsys.readouterr()
+    assert ensemble_main(["--run", target.uri, "--top-k", "4", "--wandb-mode", "disabled", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["uri"] == target.child("ensemble").uri and target.exists("ensemble/ensemble.json")
+    preds = store.read_predictions(remote.staging_dir(target.uri))
+    test = preds[preds.split == "test"].pivot(index="sample_id", columns="candidate", values="prob_fake")
+    ids = list(test.index[:4])
+    want = sum(m["weight"] * test.loc[ids, m["candidate"]].to_numpy(np.float64) for m in result["members"])
+
+    shutil.rmtree(tmp_path / "cache")  # and another
+    assert dfsearch_main(["predict", "--ensemble", remote.join(target.uri, "ensemble", "ensemble.json"), "--json",
+                          *[str(easy_data / i) for i in ids]]) == 0
+    got = json.loads(capsys.readouterr().out)["predictions"]
+    np.testing.assert_allclose([g["prob_fake"] for g in got], want, rtol=0, atol=1e-5)
 
 
 def test_search_run_dir_feeds_the_ensemble_and_predict(seq, easy_data, capsys):
