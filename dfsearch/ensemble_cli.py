@@ -147,6 +147,9 @@ def run(args) -> int:
     for flag, value in (("--top-k", args.top_k), ("--rounds", args.rounds), ("--nbest", args.nbest)):
         if value is not None and value < 1:
             raise DfsearchError(f"{flag} {value}: must be >= 1")
+    if args.out and remote.is_uri(args.out):  # not taken for a local folder "s3:/..."
+        raise DfsearchError(f"--out {args.out}: a local folder only; with --run URI the ensemble is copied back "
+                            f"to URI/ensemble by itself")
     target = None  # --run URI: fetched into a local staging copy; the ensemble is copied back
     if args.run and remote.is_uri(args.run):
         target = remote.open_uri(args.run, "--run")

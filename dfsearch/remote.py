@@ -158,6 +158,8 @@ def push(local: Path, remote: Remote, *, delete: bool = False, exclude: tuple[st
     were copied; with ``delete``, remove remote files (and folders) that are not local. Top-level
     names in ``exclude`` are neither copied nor deleted. Returns the number of files copied."""
     local = Path(local)
+    if not local.is_dir():  # nothing here: copy nothing, and never take it as "delete everything there"
+        return 0
     mine = _local_files(local, exclude)
     theirs, their_dirs = _remote_entries(remote, exclude)
     copied = 0

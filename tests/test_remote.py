@@ -115,3 +115,36 @@ def test_join_keeps_the_query_and_staging_is_stable(monkeypatch, tmp_path):
     assert remote.staging_dir(u) == remote.staging_dir(u)
     assert remote.staging_dir(u).name == "exp1" and remote.staging_dir(u).parent.parent == tmp_path / "runs"
     assert remote.staging_dir(u) != remote.staging_dir(remote.join("s3://b/other", "exp1"))
+
+
+def test_commands_that_write_a_local_folder_refuse_a_uri_out_instead_of_making_s3_colon(tmp_path, capsys,
+                                                                                       monkeypatch):
+    from dfsearch.cli import main as dfsearch_main
+    from dfsearch.ensemble_cli import main as ensemble_main
+
+    monkeypatch.chdir(tmp_path)
+    assert dfsearch_main(["train", "--out", "s3://b/x", "--data", str(tmp_path)]) == 2
+    assert "--out s3://b/x: `dfsearch train` writes a local folder" in capsys.readouterr().err
+    assert ensemble_main(["--run", str(tmp_path), "--out", "s3://b/e"]) == 2
+    assert "--out s3://b/e: a local folder only" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_local_folder_is_never_pushed_as_delete_everything(tmp_path):
+    (tmp_path / "remote" / "t1").mkdir(parents=True)
+    (tmp_path / "remote" / "t1" / "final.json").write_text("{}")
+    r = remote.open_uri(f"file://{tmp_path}/remote")
+    assert remote.push(tmp_path / "not-here", r, delete=True) == 0
+    assert (tmp_path / "remote" / "t1" / "final.json").exists()
+
+
+def test_ensemble_and_predict_name_a_uri_that_holds_no_run(tmp_path, capsys):
+    from dfsearch.cli import main as dfsearch_main
+    from dfsearch.ensemble_cli import main as ensemble_main
+
+    (tmp_path / "empty").mkdir()
+    assert ensemble_main(["--run", f"file://{tmp_path}/empty"]) == 2
+    err = capsys.readouterr().err
+    assert f"--run file://{tmp_path}/empty: no predictions.parquet there" in err
+    assert dfsearch_main(["predict", "--ensemble", f"file://{tmp_path}/empty/ensemble/ensemble.json", "x.jpg"]) == 2
+    assert "no such file; expected URI/<run>/ensemble/ensemble.json" in capsys.readouterr().err
