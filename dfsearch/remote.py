@@ -212,23 +212,22 @@ def pull(remote: Remote, local: Path, *, exclude: tuple[str, ...] = ()) -> int:
 def try_push(local: Path, remote: Remote, what: str, **kw) -> bool:
     """``push`` that never raises: a failed upload is said on stderr and retried by the next push
     (the local copy stays complete)."""
-    try:
-        push(local, remote, **kw)
-        return True
-    except Exception as e:
-        print(f"dfsearch: could not copy {what} to {remote.uri} ({_first_line(e)}); it stays in {local} and "
-              f"is copied again later", file=sys.stderr)
-        return False
+    return _quietly(lambda: push(local, remote, **kw), f"could not copy {what} to {remote.uri}",
+                    f"it stays in {local} and is copied again later")
 
 
 def try_pull(remote: Remote, local: Path, what: str, **kw) -> bool:
     """``pull`` that never raises: on failure, say so on stderr and go on with what is local."""
+    return _quietly(lambda: pull(remote, local, **kw), f"could not fetch {what} from {remote.uri}",
+                    f"going on with what is in {local}")
+
+
+def _quietly(action, failed: str, then: str) -> bool:
     try:
-        pull(remote, local, **kw)
+        action()
         return True
     except Exception as e:
-        print(f"dfsearch: could not fetch {what} from {remote.uri} ({_first_line(e)}); going on with "
-              f"what is in {local}", file=sys.stderr)
+        print(f"dfsearch: {failed} ({_first_line(e)}); {then}", file=sys.stderr)
         return False
 
 

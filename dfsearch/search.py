@@ -465,7 +465,7 @@ def run(args, report_to=None) -> int:
         elif target.exists("tuner.pkl"):
             raise DfsearchError(f"a search named {name!r} already exists at {target.uri}; use --resume to "
                                 f"continue it or another --name")
-        elif run_dir.exists():  # staged by an earlier search whose remote copy is gone
+        elif run_dir.exists() and not (run_dir / "tuner.pkl").exists():  # a search that never started
             shutil.rmtree(run_dir)
     else:
         out = Path(args.out).expanduser().resolve()
@@ -485,9 +485,9 @@ def run(args, report_to=None) -> int:
             setattr(args, k, saved["args"].get(k, default))
         if target:  # trials that other nodes trained since this copy was made
             remote.pull(target.child("train"), run_dir / "train")
-    elif (run_dir / "tuner.pkl").exists():
+    elif (run_dir / "tuner.pkl").exists():  # (with a URI: staged here, and its copy there never made it)
         raise DfsearchError(f"a search named {name!r} already exists in {out}; use --resume to continue it "
-                            f"or another --name")
+                            f"{'(and copy it to ' + target.uri + ') ' if target else ''}or another --name")
     space = search_space.load(args.space)
     data = args.data or str(default_dataset(progress=True))
     index = discover(data)
@@ -595,7 +595,7 @@ def finish(results, space, profile, args, run_dir: Path, name: str, mode: str, w
     from dfsearch.train import write_store
 
     if target is not None:  # checkpoints that workers on other nodes wrote
-        remote.pull(target.child("train"), run_dir / "train")
+        remote.try_pull(target.child("train"), run_dir / "train", "the trials' checkpoints")
     df, summaries = collect(results, space, profile, args.seed, run_dir / "train")
     df.to_parquet(run_dir / TRIALS_FILE, index=False)
     write_store(summaries, run_dir, relative_to=run_dir)

@@ -148,3 +148,19 @@ def test_ensemble_and_predict_name_a_uri_that_holds_no_run(tmp_path, capsys):
     assert f"--run file://{tmp_path}/empty: no predictions.parquet there" in err
     assert dfsearch_main(["predict", "--ensemble", f"file://{tmp_path}/empty/ensemble/ensemble.json", "x.jpg"]) == 2
     assert "no such file; expected URI/<run>/ensemble/ensemble.json" in capsys.readouterr().err
+
+
+def test_a_failed_copy_mid_search_is_said_not_raised_and_the_next_one_catches_up(tmp_path, capsys):
+    src = tmp_path / "run"
+    (src / "train" / "t1").mkdir(parents=True)
+    (src / "train" / "t1" / "final.json").write_text("{}")
+    (tmp_path / "remote").write_text("a file where the folder should be")  # the store refuses writes
+    r = remote.open_uri(f"file://{tmp_path}/remote/run")
+    assert remote.try_push(src, r, "the search state") is False
+    err = capsys.readouterr().err
+    assert f"could not copy the search state to file://{tmp_path}/remote/run" in err and f"stays in {src}" in err
+    assert (src / "train" / "t1" / "final.json").exists()
+    (tmp_path / "remote").unlink()  # the store is back
+    assert remote.try_push(src, r, "the search state") is True
+    assert (tmp_path / "remote" / "run" / "train" / "t1" / "final.json").exists()
+    assert remote.try_pull(remote.open_uri(f"file://{tmp_path}/remote/run"), tmp_path / "copy", "x") is True
