@@ -13,7 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", default="all_models", help="search space: a name in search_spaces/ or a .yaml path")
     p.add_argument("--profile", help="budget profile in the space file (default: gpu if GPUs, else cpu)")
     p.add_argument("--data", help="dataset folder (default: the embedded synthetic benchmark)")
-    p.add_argument("--out", default="runs", help="output root; the run dir is OUT/NAME")
+    p.add_argument("--out", default="runs", help="output root, a folder or a URI (s3://bucket/prefix, gs://, "
+                                                 "file://...: staged locally, copied there); the run dir is OUT/NAME")
     p.add_argument("--name", help="search name (default: search-TIMESTAMP)")
     p.add_argument("--num-samples", type=int, help="number of trials (overrides the profile)")
     p.add_argument("--max-epochs", type=int, help="epochs per trial / ASHA max_t (overrides the profile)")

@@ -385,3 +385,21 @@ def test_flags_override_the_profile_budgets(monkeypatch):
     assert p["max_concurrent"] == 2  # 3 CPUs fit two 1-worker trials with their 0.5-CPU drivers
     args = _args(["--grace-period", 9, "--max-epochs", 4])
     assert search.plan(args, space, {"CPU": 3})["profile"].grace_period == 4  # capped at max_epochs
+
+
+def test_a_staged_search_whose_copy_never_reached_the_uri_is_kept(tmp_path, monkeypatch):
+    """A search staged locally whose copy to the URI failed is not wiped by a new search of that
+    name: the user is told to --resume it (which copies it)."""
+    from dfsearch.errors import DfsearchError
+
+    monkeypatch.setenv("DFSEARCH_CACHE", str(tmp_path / "cache"))
+    out = f"file://{tmp_path}/bucket"
+    staged = remote.staging_dir(remote.join(out, "x"))
+    staged.mkdir(parents=True)
+    (staged / "tuner.pkl").write_bytes(b"state")
+    with pytest.raises(DfsearchError, match=f"already exists .*--resume .*copy it to file://{tmp_path}/bucket/x"):
+        search.run(_args(["--space", "cnn", "--out", out, "--name", "x"]))
+    assert (staged / "tuner.pkl").read_bytes() == b"state"
+    (staged / "tuner.pkl").unlink()  # without Tune's state there is nothing to resume
+    with pytest.raises(DfsearchError, match="--resume: no previous search named 'x'"):
+        search.run(_args(["--space", "cnn", "--out", out, "--name", "x", "--resume"]))
