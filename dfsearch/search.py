@@ -282,8 +282,8 @@ class TrialBookkeeper(Callback):
         if tid in self.pgs:  # freed after a grace period, if the Train controller has not done it
             self.to_free[tid] = (self.pgs.pop(tid), time.time())
         trial_dir = Path(self.train_storage) / tid
-        if self.target is not None:  # what a worker on another node wrote, before pruning it here
-            remote.try_pull(self.target.child("train", tid), trial_dir, f"trial {tid}")
+        fetched = self.target is not None and remote.try_pull(self.target.child("train", tid), trial_dir,
+                                                              f"trial {tid}")  # what a worker on another node wrote
         best = trial_files.prune(trial_dir)
         run = self.runs.pop(tid, None)
         if run is not None:
@@ -295,8 +295,8 @@ class TrialBookkeeper(Callback):
                 pass
         tracking.finish(run)
         if self.target is not None:
-            if trial_dir.is_dir():
-                remote.try_push(trial_dir, self.target.child("train", tid), f"trial {tid}", delete=True)
+            if trial_dir.is_dir():  # pruned there too, unless the fetch failed (this copy may lack some)
+                remote.try_push(trial_dir, self.target.child("train", tid), f"trial {tid}", delete=fetched)
             self._push()
 
     def _push(self):
@@ -594,8 +594,8 @@ def finish(results, space, profile, args, run_dir: Path, name: str, mode: str, w
     URI --out); print the summary."""
     from dfsearch.train import write_store
 
-    if target is not None:  # checkpoints that workers on other nodes wrote
-        remote.try_pull(target.child("train"), run_dir / "train", "the trials' checkpoints")
+    fetched = target is not None and remote.try_pull(target.child("train"), run_dir / "train",
+                                                     "the trials' checkpoints")  # what other nodes wrote
     df, summaries = collect(results, space, profile, args.seed, run_dir / "train")
     df.to_parquet(run_dir / TRIALS_FILE, index=False)
     write_store(summaries, run_dir, relative_to=run_dir)
@@ -607,7 +607,8 @@ def finish(results, space, profile, args, run_dir: Path, name: str, mode: str, w
     tracking.finish(run)
     report = summary(df, space, run_dir, wall)
     if target is not None:
-        ok = remote.try_push(run_dir / "train", target.child("train"), "the trials' checkpoints", delete=True) \
+        # pruned checkpoints are deleted there too, unless the fetch failed (this copy may lack some)
+        ok = remote.try_push(run_dir / "train", target.child("train"), "the trials' checkpoints", delete=fetched) \
             and remote.try_push(run_dir, target, "the run folder", delete=True, exclude=("train", "pools"))
         report.update(uri=target.uri, copied=ok, next=f"python ensemble.py --run {shlex.quote(target.uri)} --top-k 4")
     if args.json:
@@ -616,7 +617,7 @@ def finish(results, space, profile, args, run_dir: Path, name: str, mode: str, w
         print(format_summary(report))
     if target is not None and not report["copied"]:
         print(f"dfsearch: the run is complete in {run_dir} but could not be copied to {target.uri}; "
-              f"`run_search.py --resume --out {args.out} --name {name}` copies it again", file=sys.stderr)
+              f"`run_search.py --resume --out {shlex.quote(args.out)} --name {name}` copies it again", file=sys.stderr)
         return 1
     return 0 if report["finished"] > 0 else 1
 

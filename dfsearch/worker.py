@@ -348,13 +348,14 @@ class PoolSession:
         self.trial_dir, self._resume = Path(trial_dir), resume_from
         self.last: dict | None = None  # the last result sent (rank 0)
         self.target = None  # a URI --out: the trial's folder there (rank 0 copies each checkpoint to it)
+        self.fetched = False  # this copy holds all that is there: pruning may delete there too
         if trial_uri:
             self.target = remote.open_uri(trial_uri)
-            remote.try_pull(self.target, self.trial_dir, f"trial {trial_id}")  # trained elsewhere before?
+            self.fetched = remote.try_pull(self.target, self.trial_dir, f"trial {trial_id}")  # trained elsewhere?
 
     def push(self) -> None:
         if self.target is not None and self.rank == 0:
-            remote.try_push(self.trial_dir, self.target, f"trial {self.trial_id}", delete=True)
+            remote.try_push(self.trial_dir, self.target, f"trial {self.trial_id}", delete=self.fetched)
 
     @contextlib.contextmanager
     def resume(self):
