@@ -656,7 +656,7 @@ def format_summary(r: dict) -> str:
         lines.append(f"  checkpoint: {b['checkpoint']}")
     if r.get("uri"):
         lines.append(f"\n  copied to:   {r['uri']}" + ("" if r["copied"] else "  (FAILED: see above)"))
-    lines.append(f"{'' if r.get('uri') else chr(10)}  run dir:     {r['run_dir']}")
+    lines.append(f"  local copy:  {r['run_dir']}" if r.get("uri") else f"\n  run dir:     {r['run_dir']}")
     lines.append(f"  trials:      {r['files']['trials']}")
     lines.append(f"  predictions: {r['files']['predictions']}")
     lines.append(f"\n  next: {r['next']}")
