@@ -4,6 +4,8 @@
     python bench/search_efficiency.py --seeds 0 1 2 3 4 --budget 64
     python bench/search_efficiency.py --out DIR --grace 2   # TPE+ASHA with grace 2; runs already in DIR are reused
     python bench/search_efficiency.py --n 6000 --seeds 0 1 2 3 4   # 1200 validation images: less noise
+    SEARCH_EFF_TAG=auc python bench/search_efficiency.py ...  # re-run only the TPE+ASHA arm (the search
+                                                              # changed); random's runs are reused
 
 For every seed, two real searches (``run_search.py``, one trial at a time so that the order of
 epochs is the order of spending), over the same space (``all_models``: every architecture and its
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -75,6 +78,8 @@ def run_arm(arm: str, seed: int, budget: int, max_epochs: int, out: Path, data: 
             profile: str, grace: int | None) -> Path:
     g = f"-g{grace}" if grace and arm == "tpe+asha" else ""
     tag = "" if Path(data).name == "data" else "-" + Path(data).name  # runs on other data are other runs
+    if arm == "tpe+asha" and os.environ.get("SEARCH_EFF_TAG"):  # a changed search: not the earlier runs
+        tag += "-" + os.environ["SEARCH_EFF_TAG"]
     name = f"{arm.replace('+', '_')}{g}{tag}-s{seed}"
     if (out / name / "trials.parquet").exists():  # a finished search of an earlier run of this bench
         print(f"  {arm:<9} seed {seed}: reusing {out / name}", flush=True)

@@ -123,6 +123,18 @@ def make_searcher(space: Space, run_dir: Path, name: str, max_epochs: int, seed:
     return searcher
 
 
+def make_scheduler(space: Space, profile, kind: str = "asha"):
+    """ASHA on ``epoch``, comparing ``space.prune_metric`` at its rungs (``fifo``: None, every trial
+    runs ``max_epochs``). The metric is the scheduler's own: TPE may optimise another."""
+    if kind != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="epoch", metric=space.prune_metric, mode=space.prune_mode,
+                         max_t=profile.max_epochs, grace_period=profile.grace_period,
+                         reduction_factor=profile.reduction_factor)
+
+
 def epoch_budget(total: int):
     """A Tune stopper that ends the search once its trials together have run ``total`` epochs."""
     from ray.tune.stopper import Stopper
@@ -508,7 +520,6 @@ def run(args, report_to=None) -> int:
     init_ray(args.address, num_cpus=local_cpus, include_dashboard=args.dashboard)
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     p = plan(args, space, ray.cluster_resources())
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
@@ -561,15 +572,11 @@ def run(args, report_to=None) -> int:
                                        restart_errored=False)
             print(f"dfsearch: resuming {name} from {run_dir}", file=sys.stderr)
         else:
-            scheduler = None
-            if args.scheduler == "asha":
-                scheduler = ASHAScheduler(time_attr="epoch", max_t=profile.max_epochs, grace_period=profile.grace_period,
-                                          reduction_factor=profile.reduction_factor)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=make_searcher(space, run_dir, name, profile.max_epochs, args.seed, args.searcher),
-                    scheduler=scheduler, metric=space.metric, mode=space.mode,
+                    scheduler=make_scheduler(space, profile, args.scheduler),  # each with its own metric
                     num_samples=profile.num_samples, max_concurrent_trials=p["max_concurrent"],
                     reuse_actors=pools is not None),
                 run_config=tune.RunConfig(name=name, storage_path=str(out), callbacks=[keeper],

@@ -2,7 +2,8 @@
 
 A space file::
 
-    metric: val_acc                 # val_acc | val_auc | val_loss (what ASHA and TPE optimise)
+    metric: val_acc                 # val_acc | val_auc | val_loss (what TPE optimises and trials report)
+    prune_metric: val_auc           # optional: what ASHA compares at its rungs (default: metric)
     profiles:                       # budgets; pick one with --profile (default: gpu if GPUs, else cpu)
       cpu: {num_samples: 10, max_epochs: 3, grace_period: 1, reduction_factor: 2, img_size: 64,
             workers_per_trial: 2, steps_per_epoch: null}
@@ -17,7 +18,7 @@ A space file::
         aug: {hflip: {choice: [0.0, 0.5]}, rotation: {uniform: [0, 10]}, ...}
 
 or a family file that reuses another: ``base: all_models.yaml`` plus ``only: [resnet18]`` (and
-optionally its own ``metric`` / ``profiles``).
+optionally its own ``metric`` / ``prune_metric`` / ``profiles``).
 
 A parameter is a constant or one of ``{log_uniform: [lo, hi]}``, ``{uniform: [lo, hi]}``,
 ``{int: [lo, hi]}`` (hi may be ``all`` for ``unfrozen``), ``{choice: [a, b, ...]}``.
@@ -63,17 +64,26 @@ class SpaceFile(BaseModel):
     base: Optional[str] = None
     only: Optional[list[str]] = None
     metric: Optional[Literal["val_acc", "val_auc", "val_loss"]] = None
+    prune_metric: Optional[Literal["val_acc", "val_auc", "val_loss"]] = None
     profiles: dict[str, Profile] = {}
     archs: dict[str, dict[str, Any]] = {}
 
 
+def metric_mode(metric: str) -> str:
+    return "min" if metric == "val_loss" else "max"
+
+
 class Space:
-    """A validated search space: ``metric``, ``mode``, ``profiles``, and ``archs`` mapping each
+    """A validated search space: ``metric`` and ``mode`` (what TPE optimises), ``prune_metric``
+    and ``prune_mode`` (what ASHA compares at its rungs), ``profiles``, and ``archs`` mapping each
     arch to ``{param: spec}`` where spec is a constant or ``(kind, args)``."""
 
-    def __init__(self, name: str, path: Path, metric: str, profiles: dict[str, Profile], archs: dict):
+    def __init__(self, name: str, path: Path, metric: str, profiles: dict[str, Profile], archs: dict,
+                 prune_metric: str | None = None):
         self.name, self.path, self.metric, self.profiles, self.archs = name, path, metric, profiles, archs
-        self.mode = "min" if metric == "val_loss" else "max"
+        self.mode = metric_mode(metric)
+        self.prune_metric = prune_metric or metric
+        self.prune_mode = metric_mode(self.prune_metric)
 
     def profile(self, name: str) -> Profile:
         if name not in self.profiles:
@@ -218,9 +228,11 @@ def load(name_or_path: str | Path) -> Space:
 
     path = _resolve_path(name_or_path)
     f = _read(path)
-    metric, profiles, archs_raw = f.metric, dict(f.profiles), dict(f.archs)
+    metric, prune_metric, profiles, archs_raw = f.metric, f.prune_metric, dict(f.profiles), dict(f.archs)
     if f.base:
         base = load(path.parent / f.base if not Path(f.base).is_absolute() else f.base)
+        if prune_metric is None and metric is None:  # a family file that sets neither prunes as its base does
+            prune_metric = base.prune_metric
         metric = metric or base.metric
         profiles = {**base.profiles, **profiles}
         archs = dict(base.archs)
@@ -241,7 +253,7 @@ def load(name_or_path: str | Path) -> Space:
         if prof.grace_period > prof.max_epochs:
             raise DfsearchError(f"{path}: field profiles.{pname}.grace_period: {prof.grace_period} > "
                                 f"max_epochs {prof.max_epochs}; need 1 <= grace_period <= max_epochs")
-    return Space(path.stem, path, metric or "val_acc", profiles, archs)
+    return Space(path.stem, path, metric or "val_acc", profiles, archs, prune_metric)
 
 
 class SpaceSampler:

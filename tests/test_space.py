@@ -323,3 +323,27 @@ def test_unknown_space_name_lists_available():
 def test_missing_yaml_path_lists_available(tmp_path):
     msg = _error(tmp_path / "missing.yaml")
     assert "missing.yaml" in msg and "all_models" in msg
+
+
+def test_prune_metric_defaults_to_the_metric_and_family_files_inherit_it(tmp_path):
+    from dfsearch.search import make_scheduler
+
+    space = search_space.load(_write(tmp_path, "plain", _with(metric="val_loss")))
+    assert (space.prune_metric, space.prune_mode) == ("val_loss", "min")
+    base = search_space.load(_write(tmp_path, "base", _with(metric="val_acc", prune_metric="val_loss")))
+    assert (base.metric, base.mode, base.prune_metric, base.prune_mode) == ("val_acc", "max", "val_loss", "min")
+    fam = search_space.load(_write(tmp_path, "fam", {"base": "base.yaml", "only": ["resnet18"]}))
+    assert fam.prune_metric == "val_loss"
+    own = search_space.load(_write(tmp_path, "own", {"base": "base.yaml", "metric": "val_auc"}))
+    assert own.prune_metric == "val_auc"  # a family that picks its metric prunes on it unless told
+    asha = make_scheduler(base, base.profile("cpu"), "asha")
+    assert (asha._metric, asha._mode, asha._max_t) == ("val_loss", "min", 3)
+    assert make_scheduler(base, base.profile("cpu"), "fifo") is None
+    shipped = search_space.load("all_models")
+    assert (shipped.metric, shipped.prune_metric) == ("val_acc", "val_auc")
+
+
+def test_bad_prune_metric(tmp_path):
+    p = _write(tmp_path, "pm", _with(prune_metric="auc"))
+    msg = _error(p)
+    assert str(p) in msg and "prune_metric" in msg and "val_auc" in msg
