@@ -4,6 +4,7 @@
     python bench/search_efficiency.py --seeds 0 1 2 3 4 --budget 64
     python bench/search_efficiency.py --out DIR --grace 2   # TPE+ASHA with grace 2; runs already in DIR are reused
     python bench/search_efficiency.py --n 6000 --seeds 0 1 2 3 4   # 1200 validation images: less noise
+    python bench/search_efficiency.py --n 6000 --max-epochs 8 --budget 96   # a longer horizon for ASHA
     SEARCH_EFF_TAG=auc python bench/search_efficiency.py ...  # re-run only the TPE+ASHA arm (the search
                                                               # changed); random's runs are reused
 
@@ -78,6 +79,8 @@ def run_arm(arm: str, seed: int, budget: int, max_epochs: int, out: Path, data: 
             profile: str, grace: int | None) -> Path:
     g = f"-g{grace}" if grace and arm == "tpe+asha" else ""
     tag = "" if Path(data).name == "data" else "-" + Path(data).name  # runs on other data are other runs
+    if (max_epochs, budget) != (4, 48):  # another horizon: other runs
+        tag += f"-e{max_epochs}b{budget}"
     if arm == "tpe+asha" and os.environ.get("SEARCH_EFF_TAG"):  # a changed search: not the earlier runs
         tag += "-" + os.environ["SEARCH_EFF_TAG"]
     name = f"{arm.replace('+', '_')}{g}{tag}-s{seed}"
