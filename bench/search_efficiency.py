@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -87,6 +88,9 @@ def run_arm(arm: str, seed: int, budget: int, max_epochs: int, out: Path, data: 
     if (out / name / "trials.parquet").exists():  # a finished search of an earlier run of this bench
         print(f"  {arm:<9} seed {seed}: reusing {out / name}", flush=True)
         return out / name
+    if (out / name).exists():  # an interrupted search of an earlier run of this bench: start it again
+        print(f"  {arm:<9} seed {seed}: removing the unfinished {out / name}", flush=True)
+        shutil.rmtree(out / name)
     n = 1000 if arm == "tpe+asha" else -(-budget // max_epochs)  # random: exactly budget / max_epochs trials
     cmd = [sys.executable, str(REPO / "run_search.py"), "--space", space, "--profile", profile, "--out", str(out),
            "--name", name,
