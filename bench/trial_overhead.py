@@ -68,6 +68,7 @@ def run_small_search(out: Path, data: Path, trials: int, pool: bool, uri: str | 
 
 def local_s3(out: Path) -> str:
     """Start a local S3 server (moto, a dev dependency) with a bucket; the ``--out`` URI for it."""
+    import logging
     import os
 
     from moto.server import ThreadedMotoServer
@@ -76,6 +77,7 @@ def local_s3(out: Path) -> str:
     for k, v in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"), ("AWS_DEFAULT_REGION", "us-east-1")):
         os.environ.setdefault(k, v)
     os.environ["DFSEARCH_CACHE"] = str(out / "cache")  # the staging copies (the searches inherit it)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     _, port = server.get_host_and_port()
