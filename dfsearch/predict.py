@@ -240,7 +240,9 @@ def fetch_ensemble(uri: str) -> Path:
 
 def run(args) -> int:
     """``dfsearch predict``: 0 when at least one image was predicted, 1 when none could be."""
-    if "://" in str(args.ensemble):
+    from dfsearch.remote import is_uri
+
+    if is_uri(args.ensemble):
         args.ensemble = fetch_ensemble(args.ensemble)
     members, predictions, errors = _predict(args.ensemble, args.paths, args.batch_size,
                                             _device(args.device), progress=not args.json)

@@ -69,8 +69,8 @@ def open_uri(uri: str, flag: str = "--out") -> Remote:
     try:
         return _open(uri)
     except Exception as e:
-        raise DfsearchError(f"{flag} {uri}: cannot open this URI ({type(e).__name__}: "
-                            f"{str(e).strip().splitlines()[0][:300]}); accepted: {SCHEMES}, or a local path") from None
+        raise DfsearchError(f"{flag} {uri}: cannot open this URI ({_first_line(e)}); accepted: {SCHEMES}, "
+                            f"or a local path") from None
 
 
 @functools.lru_cache(maxsize=32)
@@ -91,8 +91,8 @@ def check_writable(remote: Remote) -> None:
             f.write(b"dfsearch")
         remote.fs.delete_file(probe)
     except Exception as e:
-        raise DfsearchError(f"--out {remote.uri}: cannot write there ({type(e).__name__}: "
-                            f"{str(e).strip().splitlines()[0][:300]}); check the bucket, the path and the "
+        raise DfsearchError(f"--out {remote.uri}: cannot write there ({_first_line(e)}); check the bucket, "
+                            f"the path and the "
                             f"credentials (for S3: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an instance "
                             f"role; an S3-compatible server: ?endpoint_override=HOST:PORT&scheme=http)") from None
 
@@ -232,5 +232,6 @@ def _quietly(action, failed: str, then: str) -> bool:
 
 
 def _first_line(e: Exception) -> str:
+    """``Type: first line of the message`` (at most 300 characters of it)."""
     text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__

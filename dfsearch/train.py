@@ -193,7 +193,9 @@ def run(args) -> int:
     from dfsearch.data.synth import default_dataset
     from dfsearch.errors import DfsearchError
 
-    if "://" in str(args.out):  # not taken for a local folder "s3:/..."
+    from dfsearch.remote import is_uri
+
+    if is_uri(args.out):  # not taken for a local folder "s3:/..."
         raise DfsearchError(f"--out {args.out}: `dfsearch train` writes a local folder; storage URIs are for "
                             f"`run_search.py --out` (or copy the folder afterwards)")
     pretrained = args.pretrained
