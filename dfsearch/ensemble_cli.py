@@ -158,7 +158,7 @@ def run(args) -> int:
                                 f"(`run_search.py --out URI --name NAME` writes URI/NAME)")
         args.run = str(remote.staging_dir(target.uri))
         print(f"ensemble: fetching {target.uri} into {args.run}", file=sys.stderr)
-        remote.pull(target, Path(args.run), exclude=("pools",))
+        remote.fetch(target, Path(args.run), "--run", exclude=("pools",))
     if args.predictions:
         store_dir = Path(args.predictions)
     elif args.run:

@@ -225,16 +225,15 @@ def fetch_ensemble(uri: str) -> Path:
     checkpoints it names) into its local staging copy; returns the local ensemble.json."""
     from dfsearch import remote
 
-    parts = uri.partition("?")
-    folder, _, fname = parts[0].rstrip("/").rpartition("/")
-    run_uri, _, ens_name = folder.rpartition("/")
-    target = remote.open_uri(run_uri + parts[1] + parts[2], "--ensemble")
+    folder, fname = remote.split(uri)
+    run_uri, ens_name = remote.split(folder)
+    target = remote.open_uri(run_uri, "--ensemble")
     if not target.exists(f"{ens_name}/{fname}"):
         raise DfsearchError(f"--ensemble {uri}: no such file; expected URI/<run>/ensemble/ensemble.json as "
                             f"`ensemble.py --run URI/<run>` writes it")
     local = remote.staging_dir(target.uri)
     print(f"predict: fetching {target.uri} into {local}", file=sys.stderr)
-    remote.pull(target, local, exclude=("pools",))
+    remote.fetch(target, local, "--ensemble", exclude=("pools",))
     return local / ens_name / fname
 
 

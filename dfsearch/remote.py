@@ -45,6 +45,14 @@ def join(uri: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts]) + sep + query
 
 
+def split(uri: str) -> tuple[str, str]:
+    """``split("s3://b/runs/x?endpoint_override=h:9")`` -> ``("s3://b/runs?endpoint_override=h:9", "x")``:
+    the parent folder's URI (query kept, as ``join`` keeps it) and the last part."""
+    base, sep, query = uri.partition("?")
+    parent, _, last = base.rstrip("/").rpartition("/")
+    return parent + sep + query, last
+
+
 @dataclass(frozen=True)
 class Remote:
     """A folder at a URI: the URI as given (for messages and for other processes), its pyarrow
@@ -207,6 +215,18 @@ def pull(remote: Remote, local: Path, *, exclude: tuple[str, ...] = ()) -> int:
         os.replace(tmp, dst)
         copied += 1
     return copied
+
+
+def fetch(remote: Remote, local: Path, flag: str, **kw) -> int:
+    """``pull`` for a command that cannot go on without the files: a failure is a DfsearchError
+    naming ``flag``, the URI and the local folder (files already fetched stay there; running the
+    command again fetches only what is still missing)."""
+    try:
+        return pull(remote, local, **kw)
+    except Exception as e:
+        raise DfsearchError(f"{flag} {remote.uri}: fetching it into {local} failed ({_first_line(e)}); "
+                            f"what was fetched stays there and running the command again fetches the "
+                            f"rest") from None
 
 
 def try_push(local: Path, remote: Remote, what: str, **kw) -> bool:

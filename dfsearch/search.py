@@ -465,6 +465,7 @@ def run(args, report_to=None) -> int:
     # 1. everything cheap that can be wrong, before Ray starts
     name = args.name or ("search-" + time.strftime("%Y%m%d-%H%M%S"))
     target = None  # a URI --out: the run is staged locally and copied there (dfsearch.remote)
+    fetched_all = False  # --resume with a URI and no local copy: all of it was just fetched
     if remote.is_uri(args.out):
         target = remote.open_uri(args.out).child(name)
         remote.check_writable(target)
@@ -473,7 +474,8 @@ def run(args, report_to=None) -> int:
         if args.resume:
             if not (run_dir / "tuner.pkl").exists() and target.exists("tuner.pkl"):
                 print(f"dfsearch: fetching {target.uri} into {run_dir}", file=sys.stderr)
-                remote.pull(target, run_dir, exclude=("pools",))
+                remote.fetch(target, run_dir, "--out", exclude=("pools",))
+                fetched_all = True
         elif target.exists("tuner.pkl"):
             raise DfsearchError(f"a search named {name!r} already exists at {target.uri}; use --resume to "
                                 f"continue it or another --name")
@@ -495,8 +497,8 @@ def run(args, report_to=None) -> int:
             setattr(args, k, saved["args"].get(k))
         for k, default in (("pool", True), ("searcher", "tpe"), ("scheduler", "asha"), ("budget_epochs", None)):
             setattr(args, k, saved["args"].get(k, default))
-        if target:  # trials that other nodes trained since this copy was made
-            remote.pull(target.child("train"), run_dir / "train")
+        if target and not fetched_all:  # trials that other nodes trained since this copy was made
+            remote.fetch(target.child("train"), run_dir / "train", "--out")
     elif (run_dir / "tuner.pkl").exists():  # (with a URI: staged here, and its copy there never made it)
         raise DfsearchError(f"a search named {name!r} already exists in {out}; use --resume to continue it "
                             f"{'(and copy it to ' + target.uri + ') ' if target else ''}or another --name")

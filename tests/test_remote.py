@@ -115,6 +115,24 @@ def test_join_keeps_the_query_and_staging_is_stable(monkeypatch, tmp_path):
     assert remote.staging_dir(u) == remote.staging_dir(u)
     assert remote.staging_dir(u).name == "exp1" and remote.staging_dir(u).parent.parent == tmp_path / "runs"
     assert remote.staging_dir(u) != remote.staging_dir(remote.join("s3://b/other", "exp1"))
+    assert remote.split(u) == ("s3://b/runs?endpoint_override=h:9&scheme=http", "exp1")
+    assert remote.split("file:///tmp/r/e/ensemble.json") == ("file:///tmp/r/e", "ensemble.json")
+
+
+def test_a_failed_fetch_names_the_uri_keeps_what_came_and_a_rerun_fetches_the_rest(tmp_path):
+    (tmp_path / "remote").mkdir()
+    for name in ("a.json", "b.json", "c.json"):
+        (tmp_path / "remote" / name).write_text(name)
+    r = remote.open_uri(f"file://{tmp_path}/remote")
+    local = tmp_path / "local"
+    (local / "b.json").mkdir(parents=True)  # the local disk refuses this one file
+    with pytest.raises(DfsearchError, match=rf"--run file://{tmp_path}/remote: fetching it into {local} failed "
+                                            rf"\(IsADirectoryError.*running the command again fetches the rest"):
+        remote.fetch(r, local, "--run")
+    assert (local / "a.json").read_text() == "a.json"
+    (local / "b.json").rmdir()
+    assert remote.fetch(r, local, "--run") == 2  # b and c; a is not fetched again
+    assert {p.name: p.read_text() for p in local.iterdir()} == {n: n for n in ("a.json", "b.json", "c.json")}
 
 
 def test_commands_that_write_a_local_folder_refuse_a_uri_out_instead_of_making_s3_colon(tmp_path, capsys,
@@ -148,6 +166,22 @@ def test_ensemble_and_predict_name_a_uri_that_holds_no_run(tmp_path, capsys):
     assert f"--run file://{tmp_path}/empty: no predictions.parquet there" in err
     assert dfsearch_main(["predict", "--ensemble", f"file://{tmp_path}/empty/ensemble/ensemble.json", "x.jpg"]) == 2
     assert "no such file; expected URI/<run>/ensemble/ensemble.json" in capsys.readouterr().err
+
+
+def test_ensemble_and_predict_that_cannot_fetch_say_so_instead_of_a_traceback(tmp_path, capsys, monkeypatch):
+    from dfsearch.cli import main as dfsearch_main
+    from dfsearch.ensemble_cli import main as ensemble_main
+
+    run = tmp_path / "remote" / "run1"
+    (run / "ensemble").mkdir(parents=True)
+    (run / "predictions.parquet").write_bytes(b"x")
+    (run / "ensemble" / "ensemble.json").write_text("{}")
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("DFSEARCH_CACHE", str(tmp_path / "cache"))
+    assert ensemble_main(["--run", f"file://{run}"]) == 2
+    assert f"--run file://{run}: fetching it into {tmp_path / 'cache'}" in capsys.readouterr().err
+    assert dfsearch_main(["predict", "--ensemble", f"file://{run}/ensemble/ensemble.json", "x.jpg"]) == 2
+    assert f"--ensemble file://{run}: fetching it into" in capsys.readouterr().err
 
 
 def test_a_failed_copy_mid_search_is_said_not_raised_and_the_next_one_catches_up(tmp_path, capsys):
