@@ -15,7 +15,8 @@ Contract of the broker (a Ray actor; every call returns at once or after its tim
   ``decide(trial_id, epoch, "continue")`` once Tune took an epoch's result;
   ``stop(trial_id)`` when Tune ended the trial (the search's callback calls it);
 * pool side: ``take(pool_id, timeout)`` -> ``(trial_id, request)``, ``None`` (nothing yet) or
-  ``"shutdown"``; ``post(trial_id, message)``; ``wait_decision(trial_id, epoch, timeout)`` -> bool;
+  ``"shutdown"``; ``post(trial_id, message)``; ``wait_decision(trial_id, epoch, timeout)`` ->
+  ``"continue"``, ``"stop"`` or ``"shutdown"`` (the search is ending: the trial goes on at ``--resume``);
   ``pool_crashed(pool_id, error)`` (its Train run failed: the trial it ran fails; returns how many
   trials the pool took since it started, or None once the search is over);
   ``pool_failed(pool_id, error)`` (a pool gave up: with none left, every waiting trial fails).
@@ -103,14 +104,19 @@ class Broker:
                 self._running = {p: t for p, t in self._running.items() if t != trial_id}
             self._cv.notify_all()
 
-    def wait_decision(self, trial_id: str, epoch: int, timeout: float) -> bool:
+    def wait_decision(self, trial_id: str, epoch: int, timeout: float) -> str:
+        """``"continue"``; ``"stop"`` (Tune ended the trial, or no word within ``timeout``); or
+        ``"shutdown"`` (the search is ending, e.g. interrupted: the trial did not end, and
+        ``--resume`` continues it)."""
         def decided():
             d = self._decision.get(trial_id)
             return self._closed or d == "stop" or (d is not None and d[0] >= epoch)
 
         with self._cv:
             ok = self._cv.wait_for(decided, timeout)
-            return bool(ok) and not self._closed and self._decision.get(trial_id) != "stop"
+            if self._closed:
+                return "shutdown"
+            return "continue" if ok and self._decision.get(trial_id) != "stop" else "stop"
 
     def pool_crashed(self, pool_id: int, error: str) -> int | None:
         with self._cv:

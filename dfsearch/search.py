@@ -37,6 +37,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -343,9 +344,12 @@ WANDB_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_au
 
 # ----------------------------------------------------------------------------- results
 
-def collect(results, space: Space, profile, seed: int, train_storage: Path) -> tuple[pd.DataFrame, list[dict]]:
+def collect(results, space: Space, profile, seed: int, train_storage: Path,
+            ended: set[str] | None = None) -> tuple[pd.DataFrame, list[dict]]:
     """Rows for trials.parquet and per-trial summaries for the store, from Tune's ResultGrid
-    (status, config, timing) and each trial's best checkpoint on disk (metrics, predictions)."""
+    (status, config, timing) and each trial's best checkpoint on disk (metrics, predictions).
+    ``ended``: the search was interrupted and these are the trials that ended; the others are
+    ``interrupted`` (kept out of the store, their latest checkpoint kept for ``--resume``)."""
     rows, summaries = [], []
     for r in results:
         last = r.metrics or {}
@@ -353,7 +357,10 @@ def collect(results, space: Space, profile, seed: int, train_storage: Path) -> t
         cfg = space.train_config(r.config, profile, seed=seed)
         hist = r.metrics_dataframe
         epochs = int(last.get("epoch", 0) or 0)
-        if r.error is not None:
+        cut = ended is not None and tid not in ended and r.error is None
+        if cut:
+            status, reason = "interrupted", f"the search was stopped after {epochs} epoch(s); --resume continues it"
+        elif r.error is not None:
             err = getattr(r.error, "cause", None) or r.error  # a RayTaskError wraps what the trial raised
             status, reason = "failed", f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
         elif last.get("nan_loss"):
@@ -364,7 +371,7 @@ def collect(results, space: Space, profile, seed: int, train_storage: Path) -> t
             status, reason = "failed", "no epoch finished"
         else:
             status, reason = "pruned", f"stopped early after {epochs} epoch(s) (ASHA, or the epoch budget)"
-        found = trial_files.prune(train_storage / tid)
+        found = trial_files.prune(train_storage / tid, keep_latest=cut)
         ckpt, best = (str(found[0]), found[1]) if found else ("", {})
         flat = cfg.model_dump()
         aug = flat.pop("aug")
@@ -383,7 +390,7 @@ def collect(results, space: Space, profile, seed: int, train_storage: Path) -> t
         row["pretrained"] = str(row["pretrained"])
         row["aug_jpeg_quality"] = json.dumps(list(row["aug_jpeg_quality"]))
         rows.append(row)
-        if ckpt and status != "failed":
+        if ckpt and status in ("completed", "pruned"):
             summaries.append({"candidate": tid, "trial_id": tid, "arch": cfg.arch, "config": cfg.model_dump(),
                               "best": best, "checkpoint": ckpt})
     df = pd.DataFrame(rows)
@@ -452,6 +459,44 @@ def plan(args, space: Space, cluster: dict) -> dict:
         fit = min(fit, int(gpus // (profile.workers_per_trial * gpw)))
     concurrent = max(1, min(fit, args.max_concurrent or fit, profile.num_samples))
     return dict(profile=profile, use_gpu=use_gpu, gpus_per_worker=gpw, max_concurrent=concurrent)
+
+
+class StopOnSignal:
+    """While a search runs: the first SIGINT (Ctrl-C) or SIGTERM (``kill``, a batch scheduler's
+    pre-emption) stops it the way Tune stops on Ctrl-C -- running trials are stopped, Tune's state is
+    saved -- and ``run`` then writes what finished and says how to ``--resume``. A second signal
+    aborts at once (the state Tune saved every ``TUNE_GLOBAL_CHECKPOINT_S`` still resumes).
+    Tune's own stop signal is SIGUSR1 (its SIGINT handler is turned off so that SIGTERM, which it
+    does not catch, takes the same path). ``received``: the signal's name, or None."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.received = None
+        self._env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        self._old = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def _handle(self, sig, frame):
+        tune_listens = signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+        if self.received is not None or not tune_listens:  # again, or before Tune started: abort
+            signal.signal(sig, self._old[sig])
+            os.kill(os.getpid(), sig)
+            return
+        self.received = signal.Signals(sig).name
+        print(f"\ndfsearch: {self.received}: stopping the running trials and saving the search state "
+              f"(again to abort at once)", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        if self._env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._env
+        return False
 
 
 def run(args, report_to=None) -> int:
@@ -588,24 +633,29 @@ def run(args, report_to=None) -> int:
             )
         if args.resume:
             tuner._local_tuner._run_config.callbacks = [keeper]  # callbacks are not restored; ours are fresh
-        results = tuner.fit()
+        with StopOnSignal() as stop:
+            results = tuner.fit()
     finally:
         keeper.close()
         if pools is not None:
             pools.close()
     wall = time.time() - t0
-    return finish(results, space, profile, args, run_dir, name, mode, wall, report_to, target)
+    return finish(results, space, profile, args, run_dir, name, mode, wall, report_to, target,
+                  interrupted=stop.received)
 
 
 def finish(results, space, profile, args, run_dir: Path, name: str, mode: str, wall: float,
-           report_to=None, target=None) -> int:
+           report_to=None, target=None, interrupted: str | None = None) -> int:
     """Write trials.parquet, the store, plots and W&B search run; copy the run to ``target`` (a
-    URI --out); print the summary."""
+    URI --out); print the summary. ``interrupted`` (a signal's name): the search was stopped; the
+    tables hold what ended so far, trials that had not are marked ``interrupted`` (their checkpoints
+    kept for ``--resume``), and the exit status is 128 + the signal's number."""
     from dfsearch.train import write_store
 
     fetched = target is not None and remote.try_pull(target.child("train"), run_dir / "train",
                                                      "the trials' checkpoints")  # what other nodes wrote
-    df, summaries = collect(results, space, profile, args.seed, run_dir / "train")
+    ended = _ended_trials(run_dir) if interrupted else None
+    df, summaries = collect(results, space, profile, args.seed, run_dir / "train", ended=ended)
     df.to_parquet(run_dir / TRIALS_FILE, index=False)
     write_store(summaries, run_dir, relative_to=run_dir)
     plots = optuna_plots(run_dir, name)
@@ -615,26 +665,45 @@ def finish(results, space, profile, args, run_dir: Path, name: str, mode: str, w
     tracking.log_images(run, plots)
     tracking.finish(run)
     report = summary(df, space, run_dir, wall)
+    if interrupted:
+        report.update(interrupted=interrupted, next=_resume_command(args, name))
     if target is not None:
         # pruned checkpoints are deleted there too, unless the fetch failed (this copy may lack some)
         ok = remote.try_push(run_dir / "train", target.child("train"), "the trials' checkpoints", delete=fetched) \
             and remote.try_push(run_dir, target, "the run folder", delete=True, exclude=("train", "pools"))
-        report.update(uri=target.uri, copied=ok, next=f"python ensemble.py --run {shlex.quote(target.uri)} --top-k 4")
+        report.update(uri=target.uri, copied=ok)
+        if not interrupted:
+            report.update(next=f"python ensemble.py --run {shlex.quote(target.uri)} --top-k 4")
     if args.json:
         print(json.dumps(report, default=str), file=report_to or sys.stdout, flush=True)
     else:
         print(format_summary(report))
     if target is not None and not report["copied"]:
         print(f"dfsearch: the run is complete in {run_dir} but could not be copied to {target.uri}; "
-              f"`run_search.py --resume --out {shlex.quote(args.out)} --name {name}` copies it again", file=sys.stderr)
+              f"`{_resume_command(args, name)}` copies it again", file=sys.stderr)
         return 1
+    if interrupted:
+        return 128 + signal.Signals[interrupted].value
     return 0 if report["finished"] > 0 else 1
+
+
+def _resume_command(args, name: str) -> str:
+    return f"python run_search.py --resume --out {shlex.quote(str(args.out))} --name {shlex.quote(name)}"
+
+
+def _ended_trials(run_dir: Path) -> set[str]:
+    """Trials that ended (completed, pruned, failed) in this run or an earlier one: the progress file."""
+    try:
+        lines = (run_dir / PROGRESS_FILE).read_text().splitlines()
+    except OSError:
+        return set()
+    return {json.loads(line)["trial_id"] for line in lines if line.strip()}
 
 
 def summary(df: pd.DataFrame, space: Space, run_dir: Path, wall: float) -> dict:
     asc = space.mode == "min"
     key = space.metric
-    done = df[df.status != "failed"] if not df.empty else df
+    done = df[df.status.isin(["completed", "pruned"])] if not df.empty else df
     top = done.sort_values(key, ascending=asc).head(5) if not done.empty else done
     counts = df.status.value_counts().to_dict() if not df.empty else {}
     best = top.iloc[0].to_dict() if not top.empty else None
@@ -649,7 +718,8 @@ def summary(df: pd.DataFrame, space: Space, run_dir: Path, wall: float) -> dict:
 
 
 def format_summary(r: dict) -> str:
-    lines = [f"\nsearch finished in {r['wall_time_s'] / 60:.1f} min: {r['trials']} trials "
+    how = f"interrupted ({r['interrupted']}) after" if r.get("interrupted") else "finished in"
+    lines = [f"\nsearch {how} {r['wall_time_s'] / 60:.1f} min: {r['trials']} trials "
              f"({', '.join(f'{v} {k}' for k, v in sorted(r['status'].items()))})"]
     if r["top"]:
         lines.append(f"\n  {'trial':<14} {'arch':<22} {'status':<10} {'ep':>3} {'val_acc':>8} {'val_auc':>8} {'val_loss':>9} {'lr':>9}")

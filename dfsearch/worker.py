@@ -347,6 +347,7 @@ class PoolSession:
         self.broker, self.trial_id, self.rank = broker, trial_id, rank
         self.trial_dir, self._resume = Path(trial_dir), resume_from
         self.last: dict | None = None  # the last result sent (rank 0)
+        self.cut = False  # the search ended while this trial ran (rank 0): it did not end, --resume continues it
         self.target = None  # a URI --out: the trial's folder there (rank 0 copies each checkpoint to it)
         self.fetched = False  # this copy holds all that is there: pruning may delete there too
         if trial_uri:
@@ -386,7 +387,8 @@ class PoolSession:
                 self.push()
             self.last = metrics
             ray.get(self.broker.post.remote(self.trial_id, {"type": "result", "metrics": metrics}))
-            go = ray.get(self.broker.wait_decision.remote(self.trial_id, metrics["epoch"], DECISION_TIMEOUT_S))
+            word = ray.get(self.broker.wait_decision.remote(self.trial_id, metrics["epoch"], DECISION_TIMEOUT_S))
+            self.cut, go = word == "shutdown", word == "continue"
         return _broadcast(go)
 
 
@@ -432,9 +434,9 @@ def pool_loop(cfg: dict) -> None:
                                                       "traceback": traceback.format_exc()}))
             raise
         if rank == 0:
-            if session.last is not None:
+            if session.last is not None and not session.cut:  # it ended (not cut short by the search's end)
                 trial_files.write_final(session.trial_dir, session.last)
-                session.push()
+            session.push()
             ray.get(broker.post.remote(trial_id, {"type": "done"}))
         del session
         gc.collect()

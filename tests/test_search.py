@@ -19,7 +19,7 @@ import pytest
 from dfsearch import remote, search, store
 from dfsearch.search_cli import build_parser
 from tests.conftest import S3_BUCKET
-from tests.wandb_offline import read_run
+from tests.wandb_offline import read_run, records
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -279,6 +279,61 @@ def test_killed_search_resumes_without_losing_or_repeating_trials(where, easy_da
             assert pd.read_parquet(f).trial_id.tolist() == t.trial_id.tolist()
 
 
+def _running_trial(run: Path) -> str | None:
+    """Once a trial has ended: a trial that has not and whose first epoch Tune has recorded."""
+    ended = {json.loads(line)["trial_id"] for line in (run / search.PROGRESS_FILE).read_text().splitlines()} \
+        if (run / search.PROGRESS_FILE).exists() else set()
+    for d in run.glob("trial_fn_*") if ended else ():
+        try:
+            h = pd.read_csv(d / "progress.csv")
+        except (OSError, pd.errors.EmptyDataError):
+            continue
+        if len(h) and str(h.trial_id.iloc[0]) not in ended:
+            return str(h.trial_id.iloc[0])
+    return None
+
+
+def test_ctrl_c_stops_the_search_cleanly_and_resume_continues_the_cut_trial(easy_data, tmp_path):
+    """SIGINT to the search's whole process group (what Ctrl-C in a terminal sends) while a trial
+    is between epochs: the search stops, finishes every W&B run, writes what ended, marks the cut
+    trial ``interrupted`` (checkpoint kept, not in the store), says how to resume, exits 130.
+    ``--resume`` then continues the cut trial from its checkpoint: no epoch repeated, none lost."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DFSEARCH_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, str(REPO / "run_search.py"), "--space", "cnn", "--data", str(easy_data),
+           "--out", str(tmp_path), "--name", "c", "--num-samples", "3", "--max-epochs", "3", "--scheduler", "fifo",
+           "--workers-per-trial", "1", "--max-concurrent", "1", "--no-dashboard", "--wandb-mode", "offline"]
+    run = tmp_path / "c"
+    with open(tmp_path / "first.log", "w") as log:
+        p = subprocess.Popen(cmd, start_new_session=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline, cut = time.time() + 400, None
+        while time.time() < deadline and p.poll() is None and cut is None:
+            time.sleep(0.5)
+            cut = _running_trial(run)
+        assert cut is not None, "no trial was caught between epochs"
+        os.killpg(p.pid, signal.SIGINT)
+        rc = p.wait(timeout=300)
+    said = (tmp_path / "first.log").read_text()
+    assert rc == 130, said[-3000:]
+    assert "search interrupted (SIGINT)" in said and f"next: python run_search.py --resume --out {tmp_path} --name c" in said
+    t = pd.read_parquet(run / search.TRIALS_FILE).set_index("trial_id")
+    assert t.loc[cut, "status"] == "interrupted" and "--resume" in t.loc[cut, "reason"]
+    assert set(t.status) <= {"completed", "interrupted"}
+    assert not (run / "train" / cut / "final.json").exists()  # it did not end: --resume must go on with it
+    assert list((run / "train" / cut).glob("checkpoint_e*"))
+    assert set(pd.read_parquet(run / store.CANDIDATES_FILE).candidate) == set(t.index[t.status == "completed"])
+    wandb_runs = sorted((run / "wandb").glob("offline-run-*"))
+    assert wandb_runs and all(  # every run was finished (it has an exit record), the cut trial's too
+        any(r.WhichOneof("record_type") == "exit" for r in records(next(d.glob("run-*.wandb")))) for d in wandb_runs)
+
+    res = subprocess.run(cmd + ["--resume", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    t = pd.read_parquet(run / search.TRIALS_FILE)
+    assert len(t) == 3 and t.trial_id.is_unique and set(t.status) == {"completed"} and set(t.epochs) == {3}
+    tune_dir = next(d for d in run.glob("trial_fn_*") if pd.read_csv(d / "progress.csv").trial_id.astype(str).iloc[0] == cut)
+    epochs = list(pd.read_csv(tune_dir / "progress.csv").epoch)
+    assert epochs == sorted(set(epochs)) and epochs[-1] == 3, epochs  # went on from its checkpoint
+
+
 def test_search_to_s3_leaves_everything_there_for_ensemble_and_predict_elsewhere(
         ray_local, easy_data, tmp_path, s3_server, monkeypatch, capsys):
     """``--out s3://...`` with the pool's workers writing to a disk the driver cannot see (as on
@@ -360,6 +415,31 @@ def test_search_run_dir_feeds_the_ensemble_and_predict(seq, easy_data, capsys):
     got, errors = predict_paths(ensemble_json, [easy_data / s for s in ids])
     assert errors == []
     np.testing.assert_allclose([g["prob_fake"] for g in got], want, rtol=0, atol=1e-5)
+
+
+def test_the_first_signal_stops_the_search_through_tune_and_a_second_one_aborts():
+    tune_stops, terms = [], []
+    old_usr1 = signal.signal(signal.SIGUSR1, lambda *_: tune_stops.append(1))  # as Tune listens while it runs
+    old_term = signal.signal(signal.SIGTERM, lambda *_: terms.append(1))  # what was there before (Ray's)
+    try:
+        with search.StopOnSignal() as stop:
+            assert os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"  # Tune's SIGINT handler would miss SIGTERM
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+            assert stop.received == "SIGTERM" and tune_stops == [1] and terms == []
+            with pytest.raises(KeyboardInterrupt):  # a second signal: the handler from before, at once
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+        assert tune_stops == [1]
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # Tune not listening yet (restoring): abort at once
+        with search.StopOnSignal() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+            assert stop.received is None and terms == [1]
+    finally:
+        signal.signal(signal.SIGUSR1, old_usr1)
+        signal.signal(signal.SIGTERM, old_term)
+    assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
 
 
 def test_ddp_ranks_sharing_one_gpu_are_refused_before_anything_starts():
