@@ -505,9 +505,10 @@ def run(args, report_to=None) -> int:
     from dfsearch import search_space
     from dfsearch.data.discover import discover
     from dfsearch.data.synth import default_dataset
-    from dfsearch.train import init_ray
+    from dfsearch.train import check_address, init_ray, starts_local_ray
 
     # 1. everything cheap that can be wrong, before Ray starts
+    check_address(args.address)
     name = args.name or ("search-" + time.strftime("%Y%m%d-%H%M%S"))
     target = None  # a URI --out: the run is staged locally and copied there (dfsearch.remote)
     fetched_all = False  # --resume with a URI and no local copy: all of it was just fetched
@@ -556,7 +557,7 @@ def run(args, report_to=None) -> int:
 
     # 2. Ray, and what the cluster can give
     local_cpus = None
-    if args.address is None:
+    if starts_local_ray(args.address):
         cores = os.cpu_count() or 1
         need = (args.workers_per_trial or max(p.workers_per_trial for p in space.profiles.values())) \
             * args.cpus_per_worker + DRIVER_CPUS
@@ -564,7 +565,7 @@ def run(args, report_to=None) -> int:
         if local_cpus > cores:
             print(f"dfsearch: local Ray with {local_cpus} logical CPUs on {cores} cores (a trial needs "
                   f"{need:g}: its workers plus a {DRIVER_CPUS}-CPU driver that mostly waits)", file=sys.stderr)
-    init_ray(args.address, num_cpus=local_cpus, include_dashboard=args.dashboard)
+    started = init_ray(args.address, num_cpus=local_cpus, include_dashboard=args.dashboard)
     import ray
     from ray import tune
 
@@ -640,6 +641,8 @@ def run(args, report_to=None) -> int:
         if pools is not None:
             pools.close()
     wall = time.time() - t0
+    if started:  # before the report: nothing from the workers comes after it
+        ray.shutdown()
     return finish(results, space, profile, args, run_dir, name, mode, wall, report_to, target,
                   interrupted=stop.received)
 

@@ -39,22 +39,69 @@ def pool_loop_per_worker(cfg: dict) -> None:
 # ----------------------------------------------------------------------------- driver
 
 def init_ray(address: str | None = None, num_cpus: int | None = None,
-             include_dashboard: bool | None = None) -> None:
-    """Start (or connect to) Ray once, with the env vars that cut Train's per-run overhead."""
+             include_dashboard: bool | None = None) -> bool:
+    """Start (or connect to) Ray once, with the env vars that cut Train's per-run overhead. True
+    when this call did (the caller shuts it down: workers' late log lines then cannot reach a
+    ``--json`` stdout after the report), False when Ray was already up."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
+    check_address(address)
     for k, v in SPEED_ENV.items():
         os.environ.setdefault(k, v)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    kw = dict(address=address, log_to_driver=True, configure_logging=True, logging_level="ERROR",
-              runtime_env={"env_vars": {k: os.environ[k] for k in SPEED_ENV}})
-    if address is None and num_cpus is not None:
+    local = starts_local_ray(address)
+    kw = dict(address="local" if local else address, log_to_driver=True, configure_logging=True,
+              logging_level="ERROR", runtime_env={"env_vars": {k: os.environ[k] for k in SPEED_ENV}})
+    if local and num_cpus is not None:
         kw["num_cpus"] = num_cpus
-    if address is None and include_dashboard is not None:
+    if local and include_dashboard is not None:
         kw["include_dashboard"] = include_dashboard
-    ray.init(**kw)
+    try:
+        ray.init(**kw)
+    except ConnectionError as e:  # auto: no cluster here; HOST:PORT: something answers, Ray cannot connect
+        from dfsearch.errors import DfsearchError
+
+        hint = "start one with `ray start --head` or `ray up cluster.yaml`, or leave --address out for a local Ray"
+        if address not in (None, "auto") and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            hint = ("something answers there: a Ray cluster with token authentication, the default of `ray start`, "
+                    "needs RAY_AUTH_MODE=token and its token (~/.ray/auth_token, or RAY_AUTH_TOKEN) for an explicit "
+                    "address; or run on the head node with --address auto")
+        raise DfsearchError(f"--address {address}: {str(e).strip().splitlines()[0]} ({hint})") from None
+    return True
+
+
+def starts_local_ray(address: str | None) -> bool:
+    """No ``--address`` and no ``RAY_ADDRESS`` (which ``ray job submit`` sets): a fresh local Ray,
+    never one that ``ray start`` left running on this machine, or its stale address file, which
+    plain ``ray.init()`` would join (and then refuse ``num_cpus``)."""
+    return address in (None, "local") and not os.environ.get("RAY_ADDRESS")
+
+
+ADDRESS_TIMEOUT_S = 5.0
+
+
+def check_address(address: str | None) -> None:
+    """``--address HOST:PORT`` (or ``ray://HOST:PORT``) where nothing answers is an error within
+    ``ADDRESS_TIMEOUT_S``: ``ray.init`` would retry for minutes, printing connection warnings."""
+    import socket
+
+    from dfsearch.errors import DfsearchError
+
+    if address is None or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise DfsearchError(f"--address {address}: expected HOST:PORT (the head node's GCS port, 6379 unless "
+                            f"changed), ray://HOST:PORT (Ray Client, port 10001) or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=ADDRESS_TIMEOUT_S).close()
+    except OSError as e:
+        raise DfsearchError(f"--address {address}: no Ray cluster answers there ({type(e).__name__}: {e}); start "
+                            f"one with `ray start --head` or `ray up cluster.yaml`, or leave --address out for a "
+                            f"local Ray") from None
 
 
 def check_resources(workers: int, use_gpu: bool, cpus_per_worker: float = 1.0,
@@ -198,6 +245,7 @@ def run(args) -> int:
     if is_uri(args.out):  # not taken for a local folder "s3:/..."
         raise DfsearchError(f"--out {args.out}: `dfsearch train` writes a local folder; storage URIs are for "
                             f"`run_search.py --out` (or copy the folder afterwards)")
+    check_address(args.address)  # before the default dataset is generated
     pretrained = args.pretrained
     if pretrained in (None, "none"):
         pretrained = False
@@ -226,11 +274,15 @@ def run(args) -> int:
     name = args.name or f"train-{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     real_stdout = sys.stdout
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        init_ray(args.address)  # with --json the workers' output (Ray prints it on stdout) goes to stderr
+        started = init_ray(args.address)  # with --json the workers' output (Ray prints it on stdout) goes to stderr
         check_resources(args.workers, args.gpu, gpus_per_worker=1.0)
         t0 = time.time()
         result = fit_trial(cfg, index.to_json(), workers=args.workers, use_gpu=args.gpu,
                            storage=str(out), name=name, candidate=name, max_failures=args.max_failures)
+        if started:
+            import ray
+
+            ray.shutdown()
     summary = trial_summary(result, cfg, name, trial_id=name)
     summary["wall_time_s"] = time.time() - t0
     write_store([summary], out)

@@ -5,6 +5,7 @@ generated, no run directory, no hang waiting on resources Ray can never give).""
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,11 @@ def paths(tmp_path_factory) -> dict:
     (root / "bad.yaml").write_text("metric: val_acc\narchs:\n  resnet18: {lr: [1.0e-4, 1.0e-3\n")
     (root / "old_runs" / "search-old").mkdir(parents=True)
     (root / "old_runs" / "search-old" / "tuner.pkl").write_bytes(b"")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
     return dict(root=root, small=generate(root / "small", n=8, size=16, progress=False), no_layout=no_layout,
+                closed_address=f"127.0.0.1:{closed}",
                 empty=root / "empty", bad_yaml=root / "bad.yaml",
                 old_runs=root / "old_runs", missing_weights=root / "weights" / "resnet18.safetensors")
 
@@ -60,6 +65,8 @@ def _commands(p: dict) -> dict:
         "search_resume_lists": (["--resume", "--out", p["old_runs"], "--name", "missing"], "run_search", False),
         "search_zero_samples": (["--num-samples", 0], "run_search", False),
         "search_remote_out": (["--space", "cnn", "--out", "s3://bucket/runs"], "run_search", False),
+        "search_no_cluster": (["--space", "cnn", "--address", p["closed_address"]], "run_search", False),
+        "train_no_cluster": (["train", "--data", p["small"], "--address", p["closed_address"]], "dfsearch", False),
         "search_gpus": (["--gpus-per-worker", gpus + 1, "--space", "cnn", "--data", p["small"],
                          "--name", "gpu"], "run_search", True),
     }, gpus
@@ -258,6 +265,16 @@ def test_an_unreachable_remote_out_fails_before_anything_runs(runs):
     err = _failed(r, "run_search.py")
     assert "--out s3://bucket/runs" in err and ("cannot open this URI" in err or "cannot write there" in err)
     assert not (REPO / "s3:").exists()  # run_search runs in the repo root
+    _nothing_written(r)
+
+
+@pytest.mark.parametrize("name, prog", [("search_no_cluster", "run_search.py"), ("train_no_cluster", "dfsearch train")])
+def test_an_address_where_no_cluster_answers_is_an_error_not_minutes_of_retries(runs, paths, name, prog):
+    """``ray.init(address=...)`` would retry for minutes; the address is tried first (and, for the
+    search, before the default dataset is generated)."""
+    r = result(runs, name)
+    err = _failed(r, prog)
+    assert f"--address {paths['closed_address']}: no Ray cluster answers there" in err and "ray start --head" in err
     _nothing_written(r)
 
 

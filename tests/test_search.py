@@ -7,8 +7,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -415,6 +417,61 @@ def test_search_run_dir_feeds_the_ensemble_and_predict(seq, easy_data, capsys):
     got, errors = predict_paths(ensemble_json, [easy_data / s for s in ids])
     assert errors == []
     np.testing.assert_allclose([g["prob_fake"] for g in got], want, rtol=0, atol=1e-5)
+
+
+def test_a_search_runs_on_an_existing_cluster_given_by_address_and_never_joins_one_without(easy_data, tmp_path):
+    """``ray start --head`` (as ``ray up`` does on a head node), then ``--address HOST:PORT``: the
+    search runs its trials on that cluster instead of starting a local Ray. Without
+    RAY_AUTH_MODE=token Ray cannot connect to it: a clear error saying so, not a retry loop. Once
+    that cluster is gone, its address file stays behind (``ray start`` writes it, a killed head does
+    not remove it): a search without ``--address`` starts its own Ray instead of trying to join it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short (socket paths), and this test's alone
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(PYTHONPATH=str(REPO), DFSEARCH_CACHE=str(tmp_path / "cache"), RAY_TMPDIR=str(ray_tmp))
+    cmd = [sys.executable, str(REPO / "run_search.py"), "--space", "cnn", "--data", str(easy_data),
+           "--out", str(tmp_path), "--num-samples", "2", "--max-epochs", "1", "--workers-per-trial", "1",
+           "--wandb-mode", "disabled", "--json"]
+    with open(tmp_path / "head.log", "w") as log:
+        head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                                 f"--port={port}", "--num-cpus=3", "--include-dashboard=false",
+                                 "--disable-usage-stats"],
+                                start_new_session=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None, (tmp_path / "head.log").read_text()
+                time.sleep(1)
+        on_cluster = cmd + ["--name", "a", "--address", f"127.0.0.1:{port}"]
+        # `ray start` turns on token authentication, which Ray uses for an explicit address only when asked
+        res = subprocess.run(on_cluster, capture_output=True, text=True, env=env, timeout=300)
+        assert res.returncode == 2 and "RAY_AUTH_MODE=token" in res.stderr, res.stderr[-3000:]
+        assert not (tmp_path / "a").exists()
+        res = subprocess.run(on_cluster, capture_output=True, text=True, env={**env, "RAY_AUTH_MODE": "token"},
+                             timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        report = json.loads(res.stdout)  # stdout is the report alone: the workers' late log lines do not follow it
+        assert report["trials"] == 2 and report["finished"] == 2
+        assert "local Ray" not in res.stderr and "2 concurrent" in res.stderr  # the cluster's 3 CPUs: 2 x (1 + 0.5)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+    try:
+        assert (ray_tmp / "ray" / "ray_current_cluster").exists()  # what plain ray.init() would try to join
+        res = subprocess.run(cmd + ["--name", "b"], capture_output=True, text=True, env=env, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert json.loads(res.stdout)["finished"] == 2
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_the_first_signal_stops_the_search_through_tune_and_a_second_one_aborts():
