@@ -478,6 +478,7 @@ def test_the_first_signal_stops_the_search_through_tune_and_a_second_one_aborts(
     tune_stops, terms = [], []
     old_usr1 = signal.signal(signal.SIGUSR1, lambda *_: tune_stops.append(1))  # as Tune listens while it runs
     old_term = signal.signal(signal.SIGTERM, lambda *_: terms.append(1))  # what was there before (Ray's)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's (other tests' libraries change it)
     try:
         with search.StopOnSignal() as stop:
             assert os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"  # Tune's SIGINT handler would miss SIGTERM
@@ -496,6 +497,7 @@ def test_the_first_signal_stops_the_search_through_tune_and_a_second_one_aborts(
     finally:
         signal.signal(signal.SIGUSR1, old_usr1)
         signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
     assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
 
 
