@@ -42,12 +42,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
              include_dashboard: bool | None = None) -> bool:
     """Start (or connect to) Ray once, with the env vars that cut Train's per-run overhead. True
     when this call did (the caller shuts it down: workers' late log lines then cannot reach a
-    ``--json`` stdout after the report), False when Ray was already up."""
+    ``--json`` stdout after the report), False when Ray was already up. A command that takes
+    ``--address`` checks it first (``check_address``, before any expensive work)."""
     import ray
 
     if ray.is_initialized():
         return False
-    check_address(address)
     for k, v in SPEED_ENV.items():
         os.environ.setdefault(k, v)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -63,7 +63,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     except ConnectionError as e:  # auto: no cluster here; HOST:PORT: something answers, Ray cannot connect
         from dfsearch.errors import DfsearchError
 
-        hint = "start one with `ray start --head` or `ray up cluster.yaml`, or leave --address out for a local Ray"
+        hint = START_A_CLUSTER
         if address not in (None, "auto") and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
             hint = ("something answers there: a Ray cluster with token authentication, the default of `ray start`, "
                     "needs RAY_AUTH_MODE=token and its token (~/.ray/auth_token, or RAY_AUTH_TOKEN) for an explicit "
@@ -80,6 +80,7 @@ def starts_local_ray(address: str | None) -> bool:
 
 
 ADDRESS_TIMEOUT_S = 5.0
+START_A_CLUSTER = "start one with `ray start --head` or `ray up cluster.yaml`, or leave --address out for a local Ray"
 
 
 def check_address(address: str | None) -> None:
@@ -89,7 +90,7 @@ def check_address(address: str | None) -> None:
 
     from dfsearch.errors import DfsearchError
 
-    if address is None or address in ("auto", "local"):
+    if address in (None, "auto", "local"):
         return
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
@@ -99,9 +100,8 @@ def check_address(address: str | None) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=ADDRESS_TIMEOUT_S).close()
     except OSError as e:
-        raise DfsearchError(f"--address {address}: no Ray cluster answers there ({type(e).__name__}: {e}); start "
-                            f"one with `ray start --head` or `ray up cluster.yaml`, or leave --address out for a "
-                            f"local Ray") from None
+        raise DfsearchError(f"--address {address}: no Ray cluster answers there ({type(e).__name__}: {e}); "
+                            f"{START_A_CLUSTER}") from None
 
 
 def check_resources(workers: int, use_gpu: bool, cpus_per_worker: float = 1.0,

@@ -436,7 +436,7 @@ def pool_loop(cfg: dict) -> None:
         if rank == 0:
             if session.last is not None and not session.cut:  # it ended (not cut short by the search's end)
                 trial_files.write_final(session.trial_dir, session.last)
-            session.push()
+                session.push()  # (a cut trial's checkpoints were copied as they were written)
             ray.get(broker.post.remote(trial_id, {"type": "done"}))
         del session
         gc.collect()
