@@ -2,7 +2,7 @@
 """Entry point: `python run_search.py --space all_models` (see `--help`)."""
 import sys
 
-from dfsearch.search_cli import main
+from dfsearch.search.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

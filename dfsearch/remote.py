@@ -108,11 +108,11 @@ def check_writable(remote: Remote) -> None:
 def staging_dir(uri: str) -> Path:
     """The local folder a remote run folder is staged in: ``$DFSEARCH_CACHE/runs/<hash>/<name>``
     (default ``~/.cache/dfsearch``), the same for the same URI; ``<name>`` is the URI's last part."""
-    from dfsearch.data.synth import cache_dir
+    from dfsearch.paths import staging_root
 
     key = hashlib.sha1(uri.encode()).hexdigest()[:12]
     name = uri.partition("?")[0].rstrip("/").rsplit("/", 1)[-1] or "run"
-    return cache_dir() / "runs" / key / name
+    return staging_root() / key / name
 
 
 # ----------------------------------------------------------------------------- listing

@@ -37,8 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dfsearch.config import AugConfig, TrainConfig
 from dfsearch.errors import DfsearchError
+from dfsearch.paths import SPACES_DIR
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 KINDS = ("log_uniform", "uniform", "int", "choice")
 TUNABLE = ("lr", "weight_decay", "unfrozen", "batch_size", "optimizer", "warmup_epochs", "pretrained",
            "num_classes", "oversample")

@@ -108,6 +108,29 @@ def write_candidates(rows: list[dict] | pd.DataFrame, folder: str | Path) -> Pat
     return path
 
 
+def write_store(summaries: list[dict], folder, relative_to: Path | None = None) -> None:
+    """Collect each trial's best-checkpoint predictions into the store in ``folder``. A summary is
+    ``{"candidate", "trial_id", "arch", "config", "best" (metrics), "checkpoint" (folder)}``. With
+    ``relative_to`` (a search's run folder), checkpoints are recorded relative to it, so the run
+    folder can be moved or copied (e.g. from S3) and still feeds the ensemble."""
+    frames, rows = [], []
+    for s in summaries:
+        if not s.get("checkpoint"):
+            continue
+        p = Path(s["checkpoint"]) / PREDICTIONS_FILE
+        if not p.exists():
+            continue
+        frame = pd.read_parquet(p)
+        frame["candidate"] = s["candidate"]  # the store's name for it, whatever the trial called itself
+        frames.append(frame)
+        ckpt = Path(s["checkpoint"])
+        rows.append(candidate_row(s["candidate"], s["trial_id"], s["arch"], s["config"], s["best"],
+                                  ckpt.relative_to(relative_to).as_posix() if relative_to else ckpt))
+    if frames:
+        write_predictions(pd.concat(frames, ignore_index=True), folder)
+        write_candidates(rows, folder)
+
+
 def _check_columns(df: pd.DataFrame, schema: pa.Schema, path: Path) -> None:
     missing = [c for c in schema.names if c not in df.columns]
     if missing:

@@ -1,50 +1,50 @@
 """The per-worker training loop of one trial (runs inside each Ray Train worker).
 
-Build the model (``models.create``), freeze to the top ``unfrozen`` groups, wrap in DDP
-(``ray.train.torch.prepare_model``: gloo on CPU, nccl on GPU), shard the data, optimise with timm's
-``create_optimizer_v2`` (weight decay = L2 strength) and a cosine schedule with warmup
-(``create_scheduler_v2``), AMP on GPU. Every epoch it reports ``epoch, train_loss, train_acc,
-val_loss, val_acc, val_auc`` and a checkpoint; the checkpoint of a best epoch also carries the
-per-sample val and test probabilities (``predictions.parquet``, the store contract).
+Read ``train_loop`` first: build the trial, restore it if a checkpoint says where it was, then
+for each epoch train, evaluate, save and report, until the last epoch, a NaN loss, or whoever
+runs the loop says stop. The pieces it calls:
+
+* ``build``: the model (``models.create``), frozen to the top ``unfrozen`` groups, the data
+  (sharded across DDP ranks; a balanced sampler if ``oversample``), timm's optimizer (weight
+  decay = L2 strength) and a per-step cosine schedule with warmup, AMP on GPU;
+* ``restore``: weights, optimizer and schedule from a checkpoint folder;
+* ``train_one_epoch``: the optimisation steps of one epoch;
+* ``evaluate``: P(fake) for every image of a split, gathered across ranks, and its metrics;
+* ``save``: a checkpoint folder (``dfsearch.checkpoint``); the best epoch's also carries the
+  per-sample val and test probabilities (``predictions.parquet``, the store contract).
 
 The loop talks to whoever runs it through a small session object: ``RayTrainSession`` (one
 ``TorchTrainer`` per run: resume from ``ray.train.get_checkpoint()``, report with
-``ray.train.report``) or ``PoolSession`` (a warm worker pool runs trial after trial, see
-``dfsearch.pool``; ``pool_loop`` is that pool's per-worker entry point).
-
-This module imports torch/timm; ``dfsearch.train`` (the driver side) does not import it at module
-level, so Ray Train's controller actor does not pay for those imports.
+``ray.train.report``) or ``dfsearch.pool.runner.PoolSession`` (a warm pool runs trial after trial).
+A session has ``resume()`` (a context giving the folder to restore from, or None),
+``checkpoint_dir(epoch)`` (a context giving a folder to save into) and ``report(metrics, folder)``
+(returns False when the trial must stop). Which checkpoint is kept is ``dfsearch.checkpoint_policy``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import itertools
 import json
 import math
 import os
-import random
-import shutil
 import tempfile
 import time
-import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from timm.utils import random_seed
 
 from dfsearch import checkpoint as ckpt_io
+from dfsearch import checkpoint_policy, models, store
 from dfsearch import metrics as M
-from dfsearch import models, remote, store, trial_files
-from dfsearch.config import TrainConfig, score
+from dfsearch.config import TrainConfig
 from dfsearch.data.loading import Augment, ImageList, build_transform, make_loader
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
+# ----------------------------------------------------------------------------- DDP helpers
 
 def _dist():
     import torch.distributed as dist
@@ -52,7 +52,7 @@ def _dist():
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
-def _all_gather(obj):
+def all_gather(obj) -> list:
     dist = _dist()
     if dist is None:
         return [obj]
@@ -61,10 +61,19 @@ def _all_gather(obj):
     return out
 
 
+def broadcast(obj):
+    """Rank 0's ``obj`` on every rank."""
+    dist = _dist()
+    if dist is None:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _all_reduce_sum(values: list[float], device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist = _dist()
-    if dist is not None:
+    if (dist := _dist()) is not None:
         dist.all_reduce(t)
     return t.tolist()
 
@@ -74,6 +83,137 @@ def _autocast(device: torch.device, amp: bool):
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
     return torch.autocast(device.type, enabled=False)
+
+
+# ----------------------------------------------------------------------------- the pieces
+
+@dataclass
+class Split:
+    """An evaluation split: its images and labels."""
+
+    dataset: ImageList
+    labels: np.ndarray
+
+
+@dataclass
+class Trial:
+    """Everything one trial's loop needs on this worker, built once by ``build``."""
+
+    cfg: TrainConfig
+    candidate: str
+    rank: int
+    world: int
+    device: torch.device
+    amp: bool
+    model: torch.nn.Module
+    freeze_info: dict
+    data_config: dict
+    data_root: str
+    train_items: list
+    loader: torch.utils.data.DataLoader
+    steps_per_epoch: int
+    val: Split
+    test: Split
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    start_epoch: int = 0
+    best_score: float = -math.inf
+    best_epoch: int | None = None
+    skipped: dict = field(default_factory=dict)  # image path -> why it could not be read
+
+    def note_skipped(self, items, bad) -> None:
+        for i, reason in bad:
+            self.skipped[items[i][0]] = reason
+
+
+def make_optimizer(model, c: TrainConfig, steps_per_epoch: int):
+    """timm's optimizer (weight decay = L2 strength) and a per-step cosine schedule with warmup, as
+    every trial trains (``bench/bench_train.py``'s plain loop uses the same)."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    optimizer = create_optimizer_v2(model, opt=c.optimizer, lr=c.lr, weight_decay=c.weight_decay)
+    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=c.epochs,
+                                       warmup_epochs=c.warmup_epochs, warmup_lr=c.lr * 0.01,
+                                       min_lr=c.lr * 0.01, step_on_epochs=False,
+                                       updates_per_epoch=steps_per_epoch)
+    return optimizer, scheduler
+
+
+def _split(index, name: str, transform) -> Split:
+    ds = ImageList(index.root, index.splits[name], transform)
+    return Split(ds, np.array([lab for _, lab in ds.items], dtype=np.int8))
+
+
+def build(c: TrainConfig, index, candidate: str, rank: int, world: int, device: torch.device,
+          max_train_batches: int | None = None) -> Trial:
+    random_seed(c.seed, 0)  # identical initial weights on every rank
+    model = models.create(c.arch, pretrained=c.pretrained, num_classes=c.num_classes, img_size=c.img_size)
+    freeze_info = models.freeze_to_top(model, c.unfrozen)
+    dc = models.data_config(c.arch, c.img_size)
+    train_items = index.splits["train"]
+    train_ds = ImageList(index.root, train_items,
+                         build_transform(c.img_size, dc["mean"], dc["std"], Augment(**c.aug.model_dump())))
+    eval_tf = build_transform(c.img_size, dc["mean"], dc["std"], None)
+    loader = make_loader(train_ds, batch_size=c.batch_size, rank=rank, world=world, shuffle=True, seed=c.seed,
+                         workers=c.loader_workers, pin_memory=device.type == "cuda", oversample=c.oversample)
+    steps = min(len(loader), max_train_batches or len(loader))
+    optimizer, scheduler = make_optimizer(model, c, steps)
+    amp = c.amp and device.type == "cuda"
+    # bf16 needs no loss scaling; fp16 (older GPUs) does
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
+    return Trial(cfg=c, candidate=candidate, rank=rank, world=world, device=device, amp=amp, model=model,
+                 freeze_info=freeze_info, data_config=dc, data_root=index.root, train_items=train_items,
+                 loader=loader, steps_per_epoch=steps, val=_split(index, "valid", eval_tf),
+                 test=_split(index, "test", eval_tf), optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+
+
+def restore(t: Trial, folder: str) -> dict | None:
+    """Load a checkpoint into ``t`` (before DDP wraps the model). Returns the checkpoint's metrics
+    if the trial had already run all its epochs (its driver was killed after the last one)."""
+    t.model.load_state_dict(ckpt_io.load_weights(folder), strict=True)
+    st = ckpt_io.load_train_state(folder)
+    t.optimizer.load_state_dict(st["optimizer"])
+    t.scheduler.load_state_dict(st["scheduler"])
+    t.start_epoch, t.best_score, t.best_epoch = st["epoch"] + 1, st["best"], st.get("best_epoch")
+    t.skipped = json.loads(st.get("skipped", "{}"))
+    if t.start_epoch < t.cfg.epochs:
+        return None
+    return json.loads((Path(folder) / checkpoint_policy.META_FILE).read_text())["metrics"]
+
+
+def train_one_epoch(t: Trial, epoch: int) -> dict:
+    """The optimisation steps of one epoch; returns its loss and accuracy (over every rank)."""
+    random_seed(t.cfg.seed * 1000 + epoch, t.rank * 100)  # augmentation RNG: per rank, resumable per epoch
+    t.loader.sampler.set_epoch(epoch)
+    t.model.train()
+    t0 = time.perf_counter()
+    loss_sum = correct = seen = 0.0
+    last = None
+    for step, (x, y, _, bad) in enumerate(itertools.islice(t.loader, t.steps_per_epoch)):
+        t.note_skipped(t.train_items, bad)
+        if x is None:  # a whole batch unreadable: repeat the last one so DDP ranks stay in step
+            if last is None:
+                continue
+            x, y = last
+        last = (x, y)
+        x, y = x.to(t.device, non_blocking=True), y.to(t.device, non_blocking=True)
+        with _autocast(t.device, t.amp):
+            logits = t.model(x)
+        loss = models.loss_fn(logits, y)
+        t.optimizer.zero_grad(set_to_none=True)
+        t.scaler.scale(loss).backward()
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        t.scheduler.step_update(epoch * t.steps_per_epoch + step + 1)
+        with torch.no_grad():
+            loss_sum += float(loss) * len(y)
+            correct += float(((models.prob_fake(logits) >= 0.5).long() == y).sum())
+            seen += len(y)
+    train_time = time.perf_counter() - t0
+    loss_sum, correct, seen = _all_reduce_sum([loss_sum, correct, seen], t.device)
+    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "train_time_s": train_time}
 
 
 @torch.no_grad()
@@ -96,41 +236,46 @@ def predict_split(model, dataset, *, batch_size, rank, world, device, amp, worke
             np.concatenate(p_all) if p_all else np.zeros(0, np.float32), bad)
     probs = np.full(len(dataset), np.nan, dtype=np.float32)
     bad_all = []
-    for idx, p, b in _all_gather(mine):
+    for idx, p, b in all_gather(mine):
         probs[idx] = p
         bad_all.extend(b)
     return probs, bad_all
 
 
-def make_optimizer(model, c: TrainConfig, steps_per_epoch: int):
-    """timm's optimizer (weight decay = L2 strength) and a per-step cosine schedule with warmup, as
-    every trial trains (``bench/bench_train.py``'s plain loop uses the same)."""
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-
-    optimizer = create_optimizer_v2(model, opt=c.optimizer, lr=c.lr, weight_decay=c.weight_decay)
-    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=c.epochs,
-                                       warmup_epochs=c.warmup_epochs, warmup_lr=c.lr * 0.01,
-                                       min_lr=c.lr * 0.01, step_on_epochs=False,
-                                       updates_per_epoch=steps_per_epoch)
-    return optimizer, scheduler
-
-
-def _split_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
+def evaluate(t: Trial, split: Split) -> tuple[np.ndarray, dict]:
+    """P(fake) for every image of ``split`` (NaN where unreadable) and its loss, acc, auc."""
+    probs, bad = predict_split(t.model, split.dataset, batch_size=t.cfg.batch_size, rank=t.rank, world=t.world,
+                               device=t.device, amp=t.amp, workers=t.cfg.loader_workers)
+    t.note_skipped(split.dataset.items, bad)
     ok = np.isfinite(probs)
-    y, p = labels[ok], probs[ok]
-    return {"loss": M.log_loss(y, p), "acc": M.accuracy(y, p), "auc": M.roc_auc(y, p)}
+    y, p = split.labels[ok], probs[ok]
+    return probs, {"loss": M.log_loss(y, p), "acc": M.accuracy(y, p), "auc": M.roc_auc(y, p)}
 
 
-def _resolve_index(index):
-    from dfsearch.data.discover import DatasetIndex
+def save(t: Trial, folder: str, epoch: int, metrics: dict, preds: tuple | None) -> None:
+    """Write the checkpoint of ``epoch`` (0-based) into ``folder`` (rank 0 only)."""
+    state = {"optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(), "epoch": epoch,
+             "best": t.best_score, "best_epoch": t.best_epoch, "skipped": json.dumps(t.skipped)}
+    meta = {"metrics": metrics, "skipped": [{"path": k, "reason": r} for k, r in sorted(t.skipped.items())]}
+    config_doc = {"train": t.cfg.model_dump(), "data": t.data_config, "freeze": t.freeze_info,
+                  "candidate": t.candidate, "data_root": t.data_root}
+    ckpt_io.save(folder, t.model, config_doc, meta, state)
+    if preds is not None:
+        store.write_predictions(_predictions(t, *preds), folder)
 
-    if not isinstance(index, (dict, DatasetIndex)):  # an ObjectRef put by the driver
-        import ray
 
-        index = ray.get(index)
-    return index if isinstance(index, DatasetIndex) else DatasetIndex.from_json(index)
+def _predictions(t: Trial, p_val: np.ndarray, p_test: np.ndarray):
+    import pandas as pd
 
+    frames = []
+    for name, split, p in (("val", t.val, p_val), ("test", t.test, p_test)):
+        ok = np.isfinite(p)  # unreadable samples have no prediction (and are listed in meta.json)
+        ids = [sid for (sid, _), keep in zip(split.dataset.items, ok) if keep]
+        frames.append(store.predictions_frame(t.candidate, name, ids, split.labels[ok], p[ok]))
+    return pd.concat(frames, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------- the loop
 
 class RayTrainSession:
     """One ``TorchTrainer`` per run: resume from ``ray.train.get_checkpoint()``, report (and hand
@@ -165,307 +310,72 @@ class RayTrainSession:
         return True
 
 
+def _resolve_index(index):
+    from dfsearch.data.discover import DatasetIndex
+
+    if not isinstance(index, (dict, DatasetIndex)):  # an ObjectRef put by the driver
+        import ray
+
+        index = ray.get(index)
+    return index if isinstance(index, DatasetIndex) else DatasetIndex.from_json(index)
+
+
 def train_loop(cfg: dict, session=None) -> None:
     """One trial on this worker. ``cfg``: ``{"train": TrainConfig dict, "index": DatasetIndex (json
-    dict or ObjectRef), "candidate": str, "max_train_batches": int | None, "fault": dict | None}``;
-    ``session``: ``RayTrainSession`` (the default) or ``PoolSession``. Returns when the trial has run
-    all its epochs, its loss went NaN, or the session said stop."""
+    dict or ObjectRef), "candidate": str, "max_train_batches": int | None}``; ``session``:
+    ``RayTrainSession`` (the default) or a warm pool's ``PoolSession``."""
     import ray.train
     import ray.train.torch
 
-    from dfsearch.data.discover import oversample
-
     session = session or RayTrainSession()
     c = TrainConfig(**cfg["train"])
-    index = _resolve_index(cfg["index"])
-    candidate = cfg.get("candidate", "trial")
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    amp = c.amp and device.type == "cuda"
-    seed_everything(c.seed)  # identical init on every rank
-
-    model = models.create(c.arch, pretrained=c.pretrained, num_classes=c.num_classes, img_size=c.img_size)
-    freeze_info = models.freeze_to_top(model, c.unfrozen)
-    dc = models.data_config(c.arch, c.img_size)
-    aug = Augment(**c.aug.model_dump())
-    train_items = index.splits["train"]
-    if c.oversample:
-        train_items = oversample(train_items, c.seed)
-    train_ds = ImageList(index.root, train_items, build_transform(c.img_size, dc["mean"], dc["std"], aug))
-    eval_tf = build_transform(c.img_size, dc["mean"], dc["std"], None)
-    val_ds = ImageList(index.root, index.splits["valid"], eval_tf)
-    test_ds = ImageList(index.root, index.splits["test"], eval_tf)
-    y_val = np.array([lab for _, lab in val_ds.items], dtype=np.int8)
-    y_test = np.array([lab for _, lab in test_ds.items], dtype=np.int8)
-    loader = make_loader(train_ds, batch_size=c.batch_size, rank=rank, world=world, shuffle=True,
-                         seed=c.seed, workers=c.loader_workers, pin_memory=device.type == "cuda")
-    max_batches = cfg.get("max_train_batches") or len(loader)
-    steps_per_epoch = min(len(loader), max_batches)
-
-    optimizer, scheduler = make_optimizer(model, c, steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
-
-    start_epoch, best, best_epoch, skipped, finished = 0, -math.inf, None, {}, None
-    with session.resume() as d:
-        if d is not None:
-            model.load_state_dict(ckpt_io.load_weights(d), strict=True)
-            st = ckpt_io.load_train_state(d)
-            optimizer.load_state_dict(st["optimizer"])
-            scheduler.load_state_dict(st["scheduler"])
-            start_epoch, best = st["epoch"] + 1, st["best"]
-            best_epoch = st.get("best_epoch")
-            skipped = json.loads(st.get("skipped", "{}"))
-            if start_epoch >= c.epochs:
-                finished = json.loads((Path(d) / ckpt_io.META).read_text())["metrics"]
-    model = ray.train.torch.prepare_model(model)
-    if finished is not None:
-        # the run had finished before its driver was killed: say so again, train nothing
+    t = build(c, _resolve_index(cfg["index"]), cfg.get("candidate", "trial"), ctx.get_world_rank(),
+              ctx.get_world_size(), ray.train.torch.get_device(), cfg.get("max_train_batches"))
+    with session.resume() as folder:
+        finished = restore(t, folder) if folder is not None else None
+    t.model = ray.train.torch.prepare_model(t.model)  # DDP: gloo on CPU, nccl on GPU
+    if finished is not None:  # it had run every epoch before its driver was killed: say so again
         session.report(finished)
         return
 
-    config_doc = {"train": c.model_dump(), "data": dc, "freeze": freeze_info, "candidate": candidate,
-                  "data_root": index.root}
-    nan_fault = (cfg.get("fault") or {}).get("kind") == "nan"
-    _maybe_fail(cfg.get("fault"), start_epoch)  # after_epoch 0: a trial whose training raises at once
-    for epoch in range(start_epoch, c.epochs):
-        seed_everything(c.seed * 1000 + rank * 100 + epoch)  # augmentation RNG, resumable
-        loader.sampler.set_epoch(epoch)
-        model.train()
+    for epoch in range(t.start_epoch, c.epochs):
         t0 = time.perf_counter()
-        loss_sum = correct = seen = 0.0
-        last = None
-        for step, (x, y, idx, bad) in enumerate(itertools.islice(loader, max_batches)):
-            for i, reason in bad:
-                skipped[train_items[i][0]] = reason
-            if x is None:  # a whole batch unreadable: repeat the last one so DDP ranks stay in step
-                if last is None:
-                    continue
-                x, y = last
-            last = (x, y)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with _autocast(device, amp):
-                logits = model(x)
-            loss = models.loss_fn(logits, y)
-            if nan_fault:
-                loss = loss * float("nan")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step_update(epoch * steps_per_epoch + step + 1)
-            with torch.no_grad():
-                loss_sum += float(loss) * len(y)
-                correct += float(((models.prob_fake(logits) >= 0.5).long() == y).sum())
-                seen += len(y)
-        train_time = time.perf_counter() - t0
-        loss_sum, correct, seen = _all_reduce_sum([loss_sum, correct, seen], device)
-        train_loss = loss_sum / max(seen, 1)
-
-        p_val, bad_val = predict_split(model, val_ds, batch_size=c.batch_size, rank=rank, world=world,
-                                       device=device, amp=amp, workers=c.loader_workers)
-        for i, reason in bad_val:
-            skipped[val_ds.items[i][0]] = reason
-        v = _split_metrics(y_val, p_val)
-        metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct / max(seen, 1),
-                   "val_loss": v["loss"], "val_acc": v["acc"], "val_auc": v["auc"],
-                   "train_time_s": train_time, "epoch_time_s": time.perf_counter() - t0,
-                   "trainable_params": freeze_info["trainable_params"], "nan_loss": False, "pg_id": session.pg_id,
-                   "worker_pid": os.getpid()}
-        for part in _all_gather(skipped):
-            skipped.update(part)
-        metrics["skipped_files"] = len(skipped)
-        if not math.isfinite(train_loss) or not math.isfinite(v["loss"]):
-            metrics.update(nan_loss=True, val_loss=float("nan"), val_acc=0.0, val_auc=0.0)
-            metrics["ckpt_score"] = -math.inf
+        train = train_one_epoch(t, epoch)
+        p_val, v = evaluate(t, t.val)
+        metrics = {"epoch": epoch + 1, **train, "val_loss": v["loss"], "val_acc": v["acc"], "val_auc": v["auc"],
+                   "trainable_params": t.freeze_info["trainable_params"], "nan_loss": False,
+                   "pg_id": getattr(session, "pg_id", ""), "worker_pid": os.getpid()}
+        if not (math.isfinite(train["train_loss"]) and math.isfinite(v["loss"])):
+            metrics.update(nan_loss=True, val_loss=float("nan"), val_acc=0.0, val_auc=0.0,
+                           **{checkpoint_policy.SCORE_KEY: -math.inf})
             session.report(metrics)
-            if rank == 0:
-                print(f"[{candidate}] epoch {epoch + 1}: loss is not finite; stopping this trial", flush=True)
+            _say(t, f"epoch {epoch + 1}: loss is not finite; stopping this trial")
             return
-        metrics["ckpt_score"] = score(metrics, c.metric)
-        is_best = metrics["ckpt_score"] >= best  # ties: the later epoch, as Ray's checkpoint manager keeps
+        metrics[checkpoint_policy.SCORE_KEY] = checkpoint_policy.score(metrics, c.metric)
         preds = None
-        if is_best:
-            best, best_epoch = metrics["ckpt_score"], epoch + 1
-            p_test, bad_test = predict_split(model, test_ds, batch_size=c.batch_size, rank=rank,
-                                             world=world, device=device, amp=amp, workers=c.loader_workers)
-            for i, reason in bad_test:
-                skipped[test_ds.items[i][0]] = reason
-            metrics["skipped_files"] = len(skipped)
-            t = _split_metrics(y_test, p_test)
-            metrics.update(test_loss=t["loss"], test_acc=t["acc"], test_auc=t["auc"])
+        if is_best := checkpoint_policy.improves(metrics[checkpoint_policy.SCORE_KEY], t.best_score):
+            t.best_score, t.best_epoch = metrics[checkpoint_policy.SCORE_KEY], epoch + 1
+            p_test, te = evaluate(t, t.test)
+            metrics.update(test_loss=te["loss"], test_acc=te["acc"], test_auc=te["auc"])
             preds = (p_val, p_test)
-        metrics["best_epoch"] = best_epoch
-        if rank == 0:
-            print(f"[{candidate}] epoch {epoch + 1}/{c.epochs} train_loss {train_loss:.4f} "
-                  f"train_acc {metrics['train_acc']:.3f} val_loss {v['loss']:.4f} val_acc {v['acc']:.3f} "
-                  f"val_auc {v['auc']:.3f}{'  *best' if is_best else ''} ({train_time:.1f}s)", flush=True)
-            with session.checkpoint_dir(epoch + 1) as d:
-                state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "epoch": epoch, "best": best, "best_epoch": best_epoch,
-                         "skipped": json.dumps(skipped)}
-                meta = {"metrics": metrics, "skipped": [{"path": k, "reason": r} for k, r in sorted(skipped.items())]}
-                ckpt_io.save(d, model, config_doc, meta, state)
-                if preds is not None:
-                    frame = _predictions(candidate, val_ds, y_val, preds[0], test_ds, y_test, preds[1])
-                    store.write_predictions(frame, d)
-                go = session.report(metrics, d)
+        for part in all_gather(t.skipped):
+            t.skipped.update(part)
+        metrics.update(best_epoch=t.best_epoch, skipped_files=len(t.skipped),
+                       epoch_time_s=time.perf_counter() - t0)
+        _say(t, f"epoch {epoch + 1}/{c.epochs} train_loss {train['train_loss']:.4f} train_acc {train['train_acc']:.3f} "
+                f"val_loss {v['loss']:.4f} val_acc {v['acc']:.3f} val_auc {v['auc']:.3f}"
+                f"{'  *best' if is_best else ''} ({train['train_time_s']:.1f}s)")
+        if t.rank == 0:  # one copy of the weights is enough: rank 0 saves, every rank reports
+            with session.checkpoint_dir(epoch + 1) as folder:
+                save(t, folder, epoch, metrics, preds)
+                go = session.report(metrics, folder)
         else:
             go = session.report(metrics)
-        _maybe_fail(cfg.get("fault"), epoch + 1)
         if not go:
             return
 
 
-# ----------------------------------------------------------------------------- warm pools
-
-IDLE_POLL_S = 30.0      # an idle pool's rank 0 asks for work this often (and keeps the other ranks in step)
-DECISION_TIMEOUT_S = 900.0  # no word from the trial's Tune trainable for this long: stop the trial
-
-
-def _broadcast(obj):
-    """Rank 0's ``obj`` on every rank."""
-    dist = _dist()
-    if dist is None:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-class PoolSession:
-    """One trial on a warm pool (``dfsearch.pool``). Resumes from the checkpoint its request names;
-    rank 0 writes checkpoints straight into the trial's folder (``checkpoint_eNNNN``, renamed into
-    place when complete; the best and the latest are kept), sends each epoch's metrics to the
-    trial's Tune trainable through the broker, and waits for its word: continue, or stop (ASHA
-    stopped the trial). Rank 0 broadcasts the word, so every rank stops at the same epoch."""
-
-    pg_id = ""  # the pool's placement group outlives this trial: nobody may free it
-
-    def __init__(self, broker, trial_id: str, trial_dir: str, resume_from: str | None, rank: int,
-                 trial_uri: str | None = None):
-        self.broker, self.trial_id, self.rank = broker, trial_id, rank
-        self.trial_dir, self._resume = Path(trial_dir), resume_from
-        self.last: dict | None = None  # the last result sent (rank 0)
-        self.cut = False  # the search ended while this trial ran (rank 0): it did not end, --resume continues it
-        self.target = None  # a URI --out: the trial's folder there (rank 0 copies each checkpoint to it)
-        self.fetched = False  # this copy holds all that is there: pruning may delete there too
-        if trial_uri:
-            self.target = remote.open_uri(trial_uri)
-            self.fetched = remote.try_pull(self.target, self.trial_dir, f"trial {trial_id}")  # trained elsewhere?
-
-    def push(self) -> None:
-        if self.target is not None and self.rank == 0:
-            remote.try_push(self.trial_dir, self.target, f"trial {self.trial_id}", delete=self.fetched)
-
-    @contextlib.contextmanager
-    def resume(self):
-        yield self._resume
-
-    @contextlib.contextmanager
-    def checkpoint_dir(self, epoch: int):
-        d = self.trial_dir / f".partial_e{epoch:04d}"
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
-        try:
-            yield str(d)
-        finally:
-            shutil.rmtree(d, ignore_errors=True)  # gone already if it was reported
-
-    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> bool:
-        import ray
-
-        go = True
-        if self.rank == 0:
-            metrics = dict(metrics)
-            if checkpoint_dir:
-                final = self.trial_dir / f"checkpoint_e{int(metrics['epoch']):04d}"
-                shutil.rmtree(final, ignore_errors=True)
-                os.replace(checkpoint_dir, final)
-                metrics["checkpoint_path"] = str(final)
-                trial_files.prune(self.trial_dir, keep_latest=True)
-                self.push()
-            self.last = metrics
-            ray.get(self.broker.post.remote(self.trial_id, {"type": "result", "metrics": metrics}))
-            word = ray.get(self.broker.wait_decision.remote(self.trial_id, metrics["epoch"], DECISION_TIMEOUT_S))
-            self.cut, go = word == "shutdown", word == "continue"
-        return _broadcast(go)
-
-
-def pool_loop(cfg: dict) -> None:
-    """Per-worker entry point of a warm pool: take a trial from the broker, run ``train_loop`` on it,
-    take the next, until the broker says the search is over. ``cfg``: ``{"broker": actor handle,
-    "pool_id": int, "index": DatasetIndex json or ObjectRef, "fault": tests only}``; each request
-    holds ``train_loop``'s trial fields plus ``trial_dir`` and ``resume`` (a checkpoint folder or
-    None).
-
-    A trial that raises is reported to the broker (so its Tune trial fails with that error) and the
-    error is re-raised: that ends this Train run (another rank may be stuck in a collective the
-    failed one never joined) and the pool starts a fresh one (``dfsearch.pool._run_pool``)."""
-    import ray
-    import ray.train
-
-    broker = cfg["broker"]
-    rank = ray.train.get_context().get_world_rank()
-    fault = cfg.get("fault") or {}
-    if fault.get("kind") == "raise":  # tests: a pool that can never start
-        raise RuntimeError("injected pool fault")
-    index = _resolve_index(cfg["index"])
-    while True:
-        job = ray.get(broker.take.remote(cfg["pool_id"], IDLE_POLL_S)) if rank == 0 else None
-        job = _broadcast(job)
-        if job is None:
-            continue
-        if job == "shutdown":
-            return
-        trial_id, request = job
-        if fault.get("kind") == "elsewhere":  # tests: as on another node, whose disk the driver cannot see
-            here = Path(fault["root"]) / trial_id
-            request = {**request, "trial_dir": str(here),
-                       "resume": str(here / Path(request["resume"]).name) if request.get("resume") else None}
-        session = PoolSession(broker, trial_id, request["trial_dir"], request.get("resume"), rank,
-                              request.get("trial_uri"))
-        try:
-            train_loop({**request, "index": index}, session)
-        except BaseException as e:
-            with contextlib.suppress(Exception):
-                ray.get(broker.post.remote(trial_id, {"type": "error", "rank": rank,
-                                                      "error": f"{type(e).__name__}: {e}",
-                                                      "traceback": traceback.format_exc()}))
-            raise
-        if rank == 0:
-            if session.last is not None and not session.cut:  # it ended (not cut short by the search's end)
-                trial_files.write_final(session.trial_dir, session.last)
-                session.push()  # (a cut trial's checkpoints were copied as they were written)
-            ray.get(broker.post.remote(trial_id, {"type": "done"}))
-        del session
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-
-def _maybe_fail(fault: dict | None, epoch: int) -> None:
-    """Fault injection for tests. ``{"after_epoch": N}`` raises after epoch N; with a ``marker``
-    file only once (the retried run goes through), so resuming from ``get_checkpoint()`` can be
-    exercised. (``{"kind": "nan"}`` is handled in the loop: the loss becomes NaN.)"""
-    if not fault or fault.get("kind", "raise") != "raise" or epoch != fault.get("after_epoch", 1):
-        return
-    marker = fault.get("marker")
-    if marker and os.path.exists(marker):
-        return
-    if marker:
-        Path(marker).touch()
-    raise RuntimeError(f"injected fault after epoch {epoch}")
-
-
-def _predictions(candidate, val_ds, y_val, p_val, test_ds, y_test, p_test):
-    import pandas as pd
-
-    frames = []
-    for split, ds, y, p in (("val", val_ds, y_val, p_val), ("test", test_ds, y_test, p_test)):
-        ok = np.isfinite(p)  # unreadable samples have no prediction (and are listed in meta.json)
-        ids = [sid for (sid, _), keep in zip(ds.items, ok) if keep]
-        frames.append(store.predictions_frame(candidate, split, ids, y[ok], p[ok]))
-    return pd.concat(frames, ignore_index=True)
-
-
+def _say(t: Trial, message: str) -> None:
+    if t.rank == 0:
+        print(f"[{t.candidate}] {message}", flush=True)

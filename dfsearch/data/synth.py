@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from dfsearch.errors import DfsearchError
+from dfsearch.paths import cache_dir
 
 VERSION = 1  # bump when the recipe changes: cached sets are keyed by it
 DEFAULTS = dict(n=3000, size=64, seed=0, difficulty=0.4)
@@ -176,10 +177,6 @@ def generate(out: str | Path, *, n: int = 3000, size: int = 64, seed: int = 0,
     out.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out)
     return out
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DFSEARCH_CACHE", Path.home() / ".cache" / "dfsearch"))
 
 
 def default_dataset(*, n: int | None = None, size: int | None = None, seed: int | None = None,

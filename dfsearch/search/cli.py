@@ -1,4 +1,4 @@
-"""Flags of ``python run_search.py`` (and ``dfsearch search``); the work is in ``dfsearch.search``."""
+"""Flags of ``python run_search.py`` (and ``dfsearch search``); the work is in ``dfsearch.search.driver``."""
 
 from __future__ import annotations
 

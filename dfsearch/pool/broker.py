@@ -1,0 +1,121 @@
+"""The broker: a Ray actor that hands trials to pools and results back to trials. Its contract
+and messages are in ``dfsearch.pool.protocol``."""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+import ray
+
+from dfsearch.pool.protocol import (CONTINUE, SHUTDOWN, STOP, Decision, EpochResult, Job, Message, TrialFailed,
+                                    TrialRequest)
+
+
+@ray.remote(num_cpus=0, max_concurrency=1000)
+class Broker:
+    def __init__(self, n_pools: int):
+        self._cv = threading.Condition()
+        self._pending: collections.deque[Job] = collections.deque()  # oldest first
+        self._running: dict[int, str] = {}         # pool -> trial it runs
+        self._taken = collections.Counter()        # pool -> trials taken since its run started
+        self._inbox: dict[str, list[Message]] = collections.defaultdict(list)
+        self._decision: dict[str, object] = {}     # trial -> (epoch, CONTINUE) | STOP
+        self._alive = set(range(n_pools))
+        self._failure: str | None = None
+        self._closed = False
+
+    # trial side ---------------------------------------------------------
+    def submit(self, trial_id: str, request: TrialRequest) -> None:
+        with self._cv:
+            self._inbox.pop(trial_id, None)
+            self._decision.pop(trial_id, None)
+            if self._failure:
+                self._inbox[trial_id].append(TrialFailed(self._failure))
+            else:
+                self._pending.append(Job(trial_id, request))
+            self._cv.notify_all()
+
+    def fetch(self, trial_id: str, timeout: float) -> list[Message]:
+        with self._cv:
+            self._cv.wait_for(lambda: self._inbox.get(trial_id), timeout)
+            return self._inbox.pop(trial_id, [])
+
+    def decide(self, trial_id: str, epoch: int, decision: Decision) -> None:
+        with self._cv:
+            if self._decision.get(trial_id) != STOP:
+                self._decision[trial_id] = (epoch, decision) if decision == CONTINUE else STOP
+            self._cv.notify_all()
+
+    def stop(self, trial_id: str) -> None:
+        with self._cv:
+            self._decision[trial_id] = STOP
+            self._pending = collections.deque(j for j in self._pending if j.trial_id != trial_id)
+            self._inbox.pop(trial_id, None)
+            self._cv.notify_all()
+
+    # pool side ----------------------------------------------------------
+    def take(self, pool_id: int, timeout: float) -> Job | str | None:
+        with self._cv:
+            self._cv.wait_for(lambda: self._pending or self._closed, timeout)
+            if self._closed:
+                return SHUTDOWN
+            if not self._pending:
+                return None
+            job = self._pending.popleft()
+            self._running[pool_id] = job.trial_id
+            self._taken[pool_id] += 1
+            return job
+
+    def post(self, trial_id: str, message: Message) -> None:
+        with self._cv:
+            if self._decision.get(trial_id) != STOP:  # nobody listens to a stopped trial
+                self._inbox[trial_id].append(message)
+            if not isinstance(message, EpochResult):
+                self._running = {p: t for p, t in self._running.items() if t != trial_id}
+            self._cv.notify_all()
+
+    def wait_decision(self, trial_id: str, epoch: int, timeout: float) -> Decision:
+        def decided():
+            d = self._decision.get(trial_id)
+            return self._closed or d == STOP or (d is not None and d[0] >= epoch)
+
+        with self._cv:
+            ok = self._cv.wait_for(decided, timeout)
+            if self._closed:
+                return SHUTDOWN
+            return CONTINUE if ok and self._decision.get(trial_id) != STOP else STOP
+
+    def pool_crashed(self, pool_id: int, error: str) -> int | None:
+        with self._cv:
+            self._orphan(pool_id, f"its worker group failed: {error}")
+            taken, self._taken[pool_id] = self._taken[pool_id], 0
+            return None if self._closed else taken
+
+    def pool_failed(self, pool_id: int, error: str) -> None:
+        with self._cv:
+            self._alive.discard(pool_id)
+            self._orphan(pool_id, f"its worker pool failed: {error}")
+            if not self._alive:
+                self._failure = f"every worker pool failed; the last: {error}"
+                for job in self._pending:
+                    self._inbox[job.trial_id].append(TrialFailed(self._failure))
+                self._pending.clear()
+            self._cv.notify_all()
+
+    def _orphan(self, pool_id: int, why: str) -> None:
+        trial_id = self._running.pop(pool_id, None)
+        if trial_id is not None:
+            self._inbox[trial_id].append(TrialFailed(f"trial {trial_id} failed: {why}"))
+            self._cv.notify_all()
+
+    def shutdown(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+
+def get_broker(name: str):
+    """The broker actor named ``name`` (trials and callbacks hold the name, never the handle: a
+    handle pickled into Tune's experiment state would not unpickle after a restart)."""
+    return ray.get_actor(name)

@@ -1,0 +1,83 @@
+"""Start and end the warm pools of a search: ``Pools(n, ...)`` starts the broker and ``n`` pools
+(each a ``TorchTrainer`` run of ``runner.pool_loop``, restarted after a failed trial), hands
+``.broker_name`` to the trials, and ``close()`` ends them."""
+
+from __future__ import annotations
+
+import itertools
+
+import ray
+
+from dfsearch.pool.broker import Broker
+
+CRASH_RESTARTS = 2  # a pool gives up after this many failed starts in a row without taking a trial
+
+
+def pool_loop_per_worker(cfg: dict) -> None:
+    """Ray Train entry point of a pool; see ``dfsearch.pool.runner.pool_loop`` (imported here, so
+    that unpickling this function, as Train's controller does, imports nothing heavy)."""
+    from dfsearch.pool.runner import pool_loop
+
+    pool_loop(cfg)
+
+
+def _error_text(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1][:300] if lines else ''}"  # the root cause comes last
+
+
+@ray.remote(num_cpus=0)
+def _run_pool(pool_id: int, broker, index, scaling: dict, storage: str, name: str) -> None:
+    """Run one pool's TorchTrainer until the broker shuts it down; after a failure start a fresh
+    one, unless the pool keeps failing without taking a trial (then tell the broker it gave up)."""
+    from ray.train import FailureConfig, RunConfig
+
+    from dfsearch.cluster import scaling_config
+    from dfsearch.ray_compat import trainer_class
+
+    idle_failures = 0
+    for attempt in itertools.count():
+        try:
+            error = trainer_class()(
+                pool_loop_per_worker, train_loop_config={"broker": broker, "pool_id": pool_id, "index": index},
+                scaling_config=scaling_config(**scaling),
+                run_config=RunConfig(name=f"{name}-{attempt}", storage_path=storage,
+                                     failure_config=FailureConfig(max_failures=0)),
+            ).fit().error
+        except Exception as e:  # Train V2 raises when a run fails
+            error = e
+        if error is None:
+            return  # the broker said shutdown
+        text = _error_text(error)
+        taken = ray.get(broker.pool_crashed.remote(pool_id, text))
+        if taken is None:
+            return
+        idle_failures = 0 if taken else idle_failures + 1
+        if idle_failures > CRASH_RESTARTS:
+            ray.get(broker.pool_failed.remote(pool_id, text))
+            return
+
+
+class Pools:
+    """``n`` warm pools and their broker."""
+
+    def __init__(self, n: int, *, index, workers: int, use_gpu: bool, cpus_per_worker: float,
+                 gpus_per_worker: float, storage: str, name: str):
+        self.broker_name = f"dfsearch-broker-{name}"
+        self.broker = Broker.options(name=self.broker_name).remote(n)
+        scaling = dict(workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
+                       gpus_per_worker=gpus_per_worker)
+        self.refs = [_run_pool.remote(i, self.broker, index, scaling, storage, f"{name}-pool{i}") for i in range(n)]
+
+    def close(self, timeout: float = 120.0) -> None:
+        """End every pool (each finishes its current step and returns, freeing its resources)."""
+        try:
+            ray.get(self.broker.shutdown.remote(), timeout=10)
+            _, stuck = ray.wait(self.refs, num_returns=len(self.refs), timeout=timeout)
+        except Exception:
+            stuck = self.refs
+        for ref in stuck:  # only unfinished ones: cancelling a finished task trips a check in Ray 2.60's core
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:
+                pass

@@ -1,0 +1,84 @@
+"""The warm-pool protocol: every message between a Tune trial, the broker and a pool, typed, and
+the broker's contract in one place.
+
+Who talks to whom::
+
+    Tune trial (search.backends.PoolBackend)     broker (pool.broker.Broker)     pool rank 0 (pool.runner)
+      submit(trial_id, TrialRequest)       ->     queue                   ->    take(pool_id) -> Job
+      fetch(trial_id) -> [EpochResult ...] <-     inbox[trial]            <-    post(trial_id, EpochResult)
+      decide(trial_id, epoch, CONTINUE)    ->     decision[trial]         ->    wait_decision(...) -> Decision
+      (search callback) stop(trial_id)     ->     decision = STOP
+                                           <-     TrialDone | TrialFailed <-    post(trial_id, ...)
+
+Contract of the broker (a Ray actor; every call returns at once or after its timeout):
+
+* trial side: ``submit(trial_id, request)``; ``fetch(trial_id, timeout)`` -> a list of
+  ``EpochResult`` / ``TrialDone`` / ``TrialFailed``; ``decide(trial_id, epoch, CONTINUE)`` once Tune
+  took an epoch's result; ``stop(trial_id)`` when Tune ended the trial (ASHA, the epoch budget);
+* pool side: ``take(pool_id, timeout)`` -> a ``Job``, ``None`` (nothing yet) or ``SHUTDOWN``;
+  ``post(trial_id, message)``; ``wait_decision(trial_id, epoch, timeout)`` -> ``CONTINUE``,
+  ``STOP`` (Tune ended the trial, or no word within the timeout) or ``SHUTDOWN`` (the search is
+  ending, e.g. interrupted: the trial did not end, ``--resume`` continues it);
+  ``pool_crashed(pool_id, error)`` (its Train run failed: the trial it ran fails; returns how many
+  trials the pool took since its run started, or None once the search is over);
+  ``pool_failed(pool_id, error)`` (a pool gave up: with none left, every waiting trial fails).
+
+A pool's rank 0 talks to the broker and broadcasts each word to the other ranks, so every rank
+stops at the same epoch. After a trial that ended (not cut by the search's end) rank 0 writes its
+``final.json`` (``checkpoint_policy.write_final``).
+
+Isolation: a trial that raises fails alone: its pool's Train run ends (``max_failures=0``: a rank
+may be stuck in a collective the failed one never joined) and the pool starts a fresh run for the
+next trial. A worker process that dies (OOM-killed, segfault) fails its trial the same way. A pool
+whose runs keep failing before they take any trial (it cannot start) gives up after
+``pools.CRASH_RESTARTS`` tries, and the trials fail with its error instead of waiting for ever.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional, Union
+
+Decision = Literal["continue", "stop", "shutdown"]
+CONTINUE: Decision = "continue"
+STOP: Decision = "stop"
+SHUTDOWN: Decision = "shutdown"  # also what ``take`` returns once the search is over
+
+
+@dataclass(frozen=True)
+class TrialRequest:
+    """What a pool needs to run one trial: ``train`` (a TrainConfig dict), the store ``candidate``
+    name, a cap on optimisation steps per epoch, the trial's folder (checkpoints are written there),
+    the checkpoint to resume from, and the trial folder's URI with a URI ``--out``."""
+
+    train: dict
+    candidate: str
+    trial_dir: str
+    max_train_batches: Optional[int] = None
+    resume: Optional[str] = None
+    trial_uri: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Job:
+    trial_id: str
+    request: TrialRequest
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    metrics: dict
+
+
+@dataclass(frozen=True)
+class TrialDone:
+    pass
+
+
+@dataclass(frozen=True)
+class TrialFailed:
+    error: str
+    traceback: str = ""
+
+
+Message = Union[EpochResult, TrialDone, TrialFailed]

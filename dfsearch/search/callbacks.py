@@ -1,0 +1,247 @@
+"""Tune callbacks of a search (driver side), one job each; none ever raises into Tune.
+
+* ``TellPoolsTrialEnded``: a trial Tune ended (ASHA, the budget, an error) stops on its pool;
+* ``FreePlacementGroups``: removes a finished ``--no-pool`` trial's worker-group placement group
+  (Tune kills the trainable, and with it the Train controller that would have removed it; Ray's
+  own cleaner needs the dashboard's State API, which a ``ray[tune,train]`` install lacks);
+* ``KeepBestCheckpoint``: once a trial ended, deletes all its checkpoints but the best
+  (``checkpoint_policy.prune``), there and, with a URI ``--out``, in the bucket;
+* ``ProgressLog``: one line per ended trial in ``trials_progress.jsonl``, as they end;
+* ``WandbTrials``: each trial its own W&B run (config, per-epoch metrics, status);
+* ``SyncRunFolder``: with a URI ``--out``, copies the driver's files there as the search goes.
+
+Tune pickles callbacks into its experiment state and, on ``--resume``, restores those objects
+(with ``get_state``). What belongs to one run of the driver (the broker's name, the W&B runs, the
+bucket) is not pickled: each callback binds to the ``LiveRun`` of the driver that runs it in
+``setup``, which Tune calls when ``fit()`` starts (``bound``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ray.tune import Callback
+
+from dfsearch import checkpoint_policy, remote, tracking
+
+PROGRESS_FILE = "trials_progress.jsonl"  # one line per finished trial, written as they finish
+FREE_GRACE_S = 3.0  # how long a finished trial's Train controller gets to remove its placement group
+WANDB_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "test_acc", "test_auc",
+              "train_time_s", "epoch_time_s", "skipped_files")
+
+
+@dataclass
+class LiveRun:
+    """What the callbacks of this driver process work with."""
+
+    run_dir: Path
+    space: object
+    profile: object
+    seed: int
+    wandb_mode: str
+    wandb_project: str
+    group: str                         # the search's name
+    broker: str | None = None          # warm pools: the broker's name
+    target: remote.Remote | None = None  # a URI --out
+    wandb_runs: dict = field(default_factory=dict)  # trial -> its open W&B run
+
+    def close(self) -> None:
+        """Finish the W&B runs a stopped ``fit()`` left open (trials that did not end)."""
+        for tid in list(self.wandb_runs):
+            tracking.finish(self.wandb_runs.pop(tid))
+
+    @property
+    def train_storage(self) -> Path:
+        return self.run_dir / "train"
+
+
+_LIVE: LiveRun | None = None
+
+
+@contextlib.contextmanager
+def bound(live: LiveRun):
+    """While ``Tuner.fit()`` runs: the callbacks' ``LiveRun``."""
+    global _LIVE
+    _LIVE = live
+    try:
+        yield live
+    finally:
+        _LIVE = None
+
+
+def _warn(what: str, e: Exception) -> None:
+    print(f"dfsearch: {what}: {type(e).__name__}: {e}", file=sys.stderr)
+
+
+class _Bound(Callback):
+    live: LiveRun | None = None
+
+    def setup(self, **info):
+        self.live = _LIVE
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "live" and not k.startswith("_")}
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended(trial, "finished")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.ended(trial, "failed")
+
+    def ended(self, trial, how: str) -> None:
+        pass
+
+
+class TellPoolsTrialEnded(_Bound):
+    def ended(self, trial, how):
+        if self.live.broker:
+            try:
+                from dfsearch.pool.broker import get_broker
+
+                get_broker(self.live.broker).stop.remote(trial.trial_id)
+            except Exception as e:
+                _warn(f"could not tell the worker pools that trial {trial.trial_id} ended", e)
+
+
+class FreePlacementGroups(_Bound):
+    def __init__(self):
+        self.pgs: dict[str, str] = {}  # running trial -> its worker group's placement group
+        self.to_free: dict[str, tuple[str, float]] = {}  # ended trial -> (placement group, when it ended)
+        self.freed: list[str] = []  # trials whose placement group we had to remove
+
+    def get_state(self):
+        return {"pgs": self.pgs, "to_free": self.to_free, "freed": self.freed}
+
+    def set_state(self, state):
+        self.pgs, self.to_free, self.freed = state["pgs"], state["to_free"], state["freed"]
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("pg_id"):
+            self.pgs[trial.trial_id] = result["pg_id"]
+
+    def ended(self, trial, how):
+        if trial.trial_id in self.pgs:  # freed after a grace period, if the Train controller has not done it
+            self.to_free[trial.trial_id] = (self.pgs.pop(trial.trial_id), time.time())
+
+    def on_step_begin(self, iteration, trials, **info):
+        now = time.time()
+        for tid, (_, when) in list(self.to_free.items()):
+            if now - when >= FREE_GRACE_S:
+                self._free(tid)
+
+    def on_experiment_end(self, trials, **info):
+        for tid in list(self.to_free):
+            self._free(tid)
+
+    def _free(self, tid: str) -> None:
+        pg_id, _ = self.to_free.pop(tid)
+        try:
+            import ray
+            from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+            pg = PlacementGroup(ray.PlacementGroupID.from_hex(pg_id))
+            if placement_group_table(pg).get("state") not in (None, "REMOVED"):
+                remove_placement_group(pg)
+                self.freed.append(tid)
+        except Exception as e:
+            _warn(f"could not free the placement group of trial {tid}", e)
+
+
+class KeepBestCheckpoint(_Bound):
+    def ended(self, trial, how):
+        tid, live = trial.trial_id, self.live
+        trial_dir = live.train_storage / tid
+        there = live.target.child("train", tid) if live.target else None
+        # what a worker on another node wrote; pruned there too unless the fetch failed (this copy may lack some)
+        fetched = there is not None and remote.try_pull(there, trial_dir, f"trial {tid}")
+        checkpoint_policy.prune(trial_dir)
+        if there is not None and trial_dir.is_dir():
+            remote.try_push(trial_dir, there, f"trial {tid}", delete=fetched)
+
+
+class ProgressLog(_Bound):
+    def ended(self, trial, how):
+        last = trial.last_result or {}
+        metric = self.live.space.metric
+        try:
+            with open(self.live.run_dir / PROGRESS_FILE, "a") as f:
+                f.write(json.dumps({"trial_id": trial.trial_id, "how": how, "epoch": last.get("epoch"),
+                                    metric: last.get(metric), "time": time.time()}) + "\n")
+        except OSError as e:
+            _warn("could not write the progress file", e)
+
+
+def ended_trials(run_dir: Path) -> set[str]:
+    """Trials that ended (completed, pruned, failed) in this run or an earlier one."""
+    try:
+        lines = (run_dir / PROGRESS_FILE).read_text().splitlines()
+    except OSError:
+        return set()
+    return {json.loads(line)["trial_id"] for line in lines if line.strip()}
+
+
+class WandbTrials(_Bound):
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._start(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._start(trial)
+        tracking.log(self.live.wandb_runs.get(trial.trial_id), {k: v for k, v in result.items() if k in WANDB_KEYS},
+                     step=result.get("epoch"))
+
+    def ended(self, trial, how):
+        run = self.live.wandb_runs.pop(trial.trial_id, None)
+        if run is None:
+            return
+        best = checkpoint_policy.best(self.live.train_storage / trial.trial_id)
+        try:
+            run.summary["status"] = how
+            if best is not None:
+                run.summary["best_checkpoint"] = str(best[0])
+        except Exception as e:
+            _warn(f"W&B summary of trial {trial.trial_id}", e)
+        tracking.finish(run)
+
+    def on_experiment_end(self, trials, **info):
+        self.live.close()
+
+    def _start(self, trial):
+        live = self.live
+        if live.wandb_mode == "disabled" or trial.trial_id in live.wandb_runs:
+            return
+        cfg = live.space.train_config(trial.config, live.profile, seed=live.seed).model_dump()
+        live.wandb_runs[trial.trial_id] = tracking.start_run(live.wandb_mode, live.wandb_project, live.group, "trial",
+                                                        f"{live.group}-{trial.trial_id}",
+                                                        {**cfg, "trial_id": trial.trial_id}, live.run_dir)
+
+
+class SyncRunFolder(_Bound):
+    def setup(self, **info):
+        super().setup(**info)
+        self._pushed_at = time.time()
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.live.target is not None and time.time() - self._pushed_at >= remote.PUSH_EVERY_S:
+            self.push()
+
+    def ended(self, trial, how):
+        if self.live.target is not None:
+            self.push()
+
+    def push(self) -> None:
+        """Copy the driver's own files (Tune state, study, tables, W&B) to the URI."""
+        self._pushed_at = time.time()
+        remote.try_push(self.live.run_dir, self.live.target, "the search state", delete=True,
+                        exclude=("train", "pools"))
+
+
+def make_callbacks() -> list[Callback]:
+    """In the order they run when a trial ends: W&B reads the kept best, the copy comes last."""
+    return [TellPoolsTrialEnded(), ProgressLog(), FreePlacementGroups(), KeepBestCheckpoint(), WandbTrials(),
+            SyncRunFolder()]
+
