@@ -182,10 +182,12 @@ def plain_train(arch: str, index, steps: int) -> tuple[float, float, list]:
     """The same steps as ``train_loop_per_worker``'s first epoch, in this process, no Ray.
     Returns (wall seconds of the step loop, timed exactly as the worker times ``train_time_s``;
     CPU seconds of this process over the same span; [user s, system s, minor page faults])."""
-    from dfsearch.worker import make_optimizer, seed_everything
+    from timm.utils import random_seed
+
+    from dfsearch.worker import make_optimizer
 
     c = cfg_for(arch)
-    seed_everything(c.seed)
+    random_seed(c.seed, 0)
     model = models.create(c.arch, pretrained=False, num_classes=c.num_classes, img_size=c.img_size)
     models.freeze_to_top(model, c.unfrozen)
     dc = models.data_config(c.arch, c.img_size)
@@ -195,7 +197,7 @@ def plain_train(arch: str, index, steps: int) -> tuple[float, float, list]:
                          workers=c.loader_workers)
     steps_per_epoch = min(len(loader), steps)
     optimizer, scheduler = make_optimizer(model, c, steps_per_epoch)
-    seed_everything(c.seed * 1000)
+    random_seed(c.seed * 1000, 0)  # as train_one_epoch seeds epoch 0 on rank 0
     loader.sampler.set_epoch(0)
     model.train()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -252,7 +254,7 @@ def out_u(rus, steps) -> str:
 
 
 def bench_ray_vs_plain(archs, index, steps, repeats, work: Path) -> dict:
-    from dfsearch.train import init_ray
+    from dfsearch.cluster import init_ray
 
     init_ray(num_cpus=2)
     out = {}
@@ -413,7 +415,8 @@ def overhead_child(variant: str, data: str, work: str, out_file: str) -> None:
     import ray
 
     from dfsearch.data.discover import discover
-    from dfsearch.train import SPEED_ENV, init_ray
+    from dfsearch.cluster import init_ray
+    from dfsearch.ray_compat import SPEED_ENV
 
     index = discover(data)
     t_init0 = time.time()
@@ -439,7 +442,7 @@ def overhead_child(variant: str, data: str, work: str, out_file: str) -> None:
 
 
 def bench_overhead(data: Path, repeats: int, work: Path) -> dict:
-    from dfsearch.train import SPEED_ENV
+    from dfsearch.ray_compat import SPEED_ENV
 
     print(f"\n== c. fixed overhead of one Ray Train run (small_cnn, 1 epoch, tiny data, 1 worker); "
           f"fresh process per run, {repeats} interleaved repeats per variant", flush=True)

@@ -70,7 +70,8 @@ def main() -> None:
     from dfsearch.config import TrainConfig
     from dfsearch.data.discover import discover
     from dfsearch.data.synth import DEFAULTS, default_dataset
-    from dfsearch.train import fit_trial, init_ray, trial_summary
+    from dfsearch.cluster import init_ray
+    from dfsearch.train import fit_trial, trial_summary
 
     data = default_dataset(progress=False)
     index = discover(data)

@@ -76,6 +76,12 @@ def tune_listens() -> bool:
     return signal.getsignal(TUNE_STOP_SIGNAL) not in (signal.SIG_DFL, signal.SIG_IGN, None)
 
 
+def forget_tune_listener() -> None:
+    """Tune leaves its stop handler installed after ``fit()`` returns: reset it before a new
+    ``fit()``, so that ``tune_listens`` means "this fit listens"."""
+    signal.signal(TUNE_STOP_SIGNAL, signal.SIG_DFL)
+
+
 def interrupt_tune() -> None:
     """Ask the running ``Tuner.fit()`` in this process to stop as on Ctrl-C: running trials are
     stopped, the experiment state is saved, ``fit()`` returns its results so far."""

@@ -310,7 +310,7 @@ class RayTrainSession:
         return True
 
 
-def _resolve_index(index):
+def resolve_index(index):
     from dfsearch.data.discover import DatasetIndex
 
     if not isinstance(index, (dict, DatasetIndex)):  # an ObjectRef put by the driver
@@ -330,7 +330,7 @@ def train_loop(cfg: dict, session=None) -> None:
     session = session or RayTrainSession()
     c = TrainConfig(**cfg["train"])
     ctx = ray.train.get_context()
-    t = build(c, _resolve_index(cfg["index"]), cfg.get("candidate", "trial"), ctx.get_world_rank(),
+    t = build(c, resolve_index(cfg["index"]), cfg.get("candidate", "trial"), ctx.get_world_rank(),
               ctx.get_world_size(), ray.train.torch.get_device(), cfg.get("max_train_batches"))
     with session.resume() as folder:
         finished = restore(t, folder) if folder is not None else None

@@ -1,10 +1,13 @@
 """Shared fixtures: one local Ray for the session, small synthetic datasets, offline W&B."""
 
+import json
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+from tests import faults as fault_injection
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,18 +35,56 @@ def s3_server():
     server.stop()
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
 @pytest.fixture(scope="session")
-def ray_local():
+def faults_file(tmp_path_factory) -> Path:
+    """The file ``tests.faults`` reads in every Ray worker (empty: no faults)."""
+    path = tmp_path_factory.mktemp("faults") / "faults.json"
+    path.write_text("{}")
+    os.environ[fault_injection.ENV] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_local(faults_file):
     """A local Ray with 4 logical CPUs (2 real cores; trials are small) and no dashboard: without
     the State API, Ray Train's own placement-group cleaner cannot work, so the tests show that
-    dfsearch's does."""
+    dfsearch's does. Every worker process runs ``tests.faults.install``."""
     import ray
 
-    from dfsearch.train import init_ray
+    from dfsearch.cluster import init_ray
 
-    init_ray(num_cpus=4, include_dashboard=False)
+    fault_injection.install()  # in-process code (a Tune trainable on the driver) too
+    init_ray(num_cpus=4, include_dashboard=False,
+             runtime_env={"worker_process_setup_hook": "tests.faults.install",
+                          "env_vars": {"PYTHONPATH": str(REPO), fault_injection.ENV: str(faults_file)}})
     yield ray
     ray.shutdown()
+
+
+def _injector(path: Path):
+    def inject(spec: dict) -> None:
+        path.write_text(json.dumps(spec))
+        for marker in path.parent.glob("fired-*"):
+            marker.unlink()
+
+    return inject
+
+
+@pytest.fixture
+def faults(faults_file):
+    """``faults({...})``: inject faults (see ``tests.faults``) for this test."""
+    yield _injector(faults_file)
+    faults_file.write_text("{}")
+
+
+@pytest.fixture(scope="module")
+def module_faults(faults_file):
+    """``faults`` for a module-scoped fixture."""
+    yield _injector(faults_file)
+    faults_file.write_text("{}")
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +110,15 @@ def easy_data(tmp_path_factory) -> Path:
 def clean_dir(tmp_path):
     yield tmp_path
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tiers and groups. Every test that needs the session's Ray (``ray_local``) is ``slow`` and
+    in the xdist group ``ray``: one Ray per test process, and the Ray tests of a run all in one
+    process (``--dist loadgroup``) while the other runs the rest. A test that starts Ray in a
+    subprocess says so with ``@pytest.mark.slow`` itself."""
+    for item in items:
+        if "ray_local" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)
+            groups = [m.args[0] for m in item.iter_markers("xdist_group")]
+            assert "ray" in groups, f"{item.nodeid} uses ray_local: put it in xdist_group('ray')"

@@ -326,7 +326,7 @@ def test_missing_yaml_path_lists_available(tmp_path):
 
 
 def test_prune_metric_defaults_to_the_metric_and_family_files_inherit_it(tmp_path):
-    from dfsearch.search import make_scheduler
+    from dfsearch.search.schedulers import make_scheduler
 
     space = search_space.load(_write(tmp_path, "plain", _with(metric="val_loss")))
     assert (space.prune_metric, space.prune_mode) == ("val_loss", "min")

@@ -91,17 +91,24 @@ def collate(batch):
 
 class ShardSampler(torch.utils.data.Sampler):
     """Epoch-seeded shuffled shard of ``n`` items for rank ``rank`` of ``world`` (like
-    DistributedSampler, but evaluation shards are not padded: every sample is seen exactly once)."""
+    DistributedSampler, but evaluation shards are not padded: every sample is seen exactly once).
+    With ``weights``: each epoch draws ``n`` items with replacement in proportion to them (what
+    ``torch.utils.data.WeightedRandomSampler`` does), then shards the draw, so the ranks see
+    disjoint parts of one balanced epoch."""
 
-    def __init__(self, n: int, rank: int, world: int, shuffle: bool, seed: int = 0, pad: bool = True):
+    def __init__(self, n: int, rank: int, world: int, shuffle: bool, seed: int = 0, pad: bool = True,
+                 weights=None):
         self.n, self.rank, self.world, self.shuffle, self.seed, self.pad = n, rank, world, shuffle, seed, pad
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
         self.epoch = 0
 
     def set_epoch(self, epoch: int):
         self.epoch = epoch
 
     def _indices(self):
-        if self.shuffle:
+        if self.weights is not None:
+            order = np.random.default_rng([self.seed, self.epoch]).choice(self.n, self.n, p=self.weights)
+        elif self.shuffle:
             g = np.random.default_rng([self.seed, self.epoch])
             order = g.permutation(self.n)
         else:
@@ -117,9 +124,19 @@ class ShardSampler(torch.utils.data.Sampler):
         return len(self._indices())
 
 
+def balanced_weights(labels) -> np.ndarray:
+    """Per-item sampling weights that give every class the same expected share (1 / class count)."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    return 1.0 / counts[labels]
+
+
 def make_loader(dataset, *, batch_size: int, rank: int, world: int, shuffle: bool, seed: int,
-                workers: int = 0, pad: bool = True, pin_memory: bool = False):
-    sampler = ShardSampler(len(dataset), rank, world, shuffle=shuffle, seed=seed, pad=pad)
+                workers: int = 0, pad: bool = True, pin_memory: bool = False, oversample: bool = False):
+    """``oversample``: draw the training epoch class-balanced (``balanced_weights``) instead of
+    shuffling it (the minority class is seen as often as the majority)."""
+    weights = balanced_weights([label for _, label in dataset.items]) if oversample else None
+    sampler = ShardSampler(len(dataset), rank, world, shuffle=shuffle, seed=seed, pad=pad, weights=weights)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
         pin_memory=pin_memory, persistent_workers=workers > 0, drop_last=False)

@@ -107,11 +107,11 @@ def pool_loop(cfg: dict) -> None:
     import ray.train
     import torch
 
-    from dfsearch.worker import _resolve_index, broadcast
+    from dfsearch.worker import resolve_index, broadcast
 
     broker = cfg["broker"]
     rank = ray.train.get_context().get_world_rank()
-    index = _resolve_index(cfg["index"])
+    index = resolve_index(cfg["index"])
     while True:
         job = broadcast(ray.get(broker.take.remote(cfg["pool_id"], IDLE_POLL_S)) if rank == 0 else None)
         if job is None:

@@ -25,10 +25,8 @@ import shlex
 import sys
 import time
 
-from dfsearch import remote, store, tracking
+from dfsearch import remote
 from dfsearch.errors import DfsearchError
-from dfsearch.search import callbacks as cb
-from dfsearch.search import results
 from dfsearch.search.plan import local_cpus, make_plan
 from dfsearch.search.run_folder import open_run_folder
 from dfsearch.search.signals import StopOnSignal
@@ -38,7 +36,7 @@ from dfsearch.search.spec import Options, SearchSpec
 def run(args, report_to=None) -> int:
     """``python run_search.py``: the whole search, then a summary (the ``--json`` report goes to
     ``report_to``, default stdout)."""
-    from dfsearch import search_space
+    from dfsearch import search_space, tracking
     from dfsearch.cluster import check_address
 
     options = Options.from_args(args)
@@ -46,8 +44,9 @@ def run(args, report_to=None) -> int:
     name = args.name or ("search-" + time.strftime("%Y%m%d-%H%M%S"))
     folder = open_run_folder(options.out, name, args.resume)
     spec = SearchSpec.load(folder.run_dir) if args.resume else SearchSpec.from_args(args, name)
+    data, index = _discover(spec.data) if spec.data else (None, None)  # a bad --data: before torch (the space)
     space = search_space.load(spec.space)
-    data, index = _discover(spec.data)
+    data, index = (data, index) if index else _discover(None)  # the default dataset once the space is valid
     mode = tracking.resolve_mode(options.wandb_mode, folder.run_dir)
 
     started = _start_ray(space, spec, options)
@@ -61,6 +60,8 @@ def run(args, report_to=None) -> int:
     print(f"dfsearch: space {space.name} ({', '.join(space.archs)}), profile {plan.profile_name}: {plan.describe()}, "
           f"{'warm worker pools' if spec.pool else 'one TorchTrainer per trial'}; run dir {folder.run_dir}"
           + (f", copied to {folder.target.uri}" if folder.target else ""), file=sys.stderr)
+
+    from dfsearch.search import callbacks as cb
 
     live = cb.LiveRun(folder.run_dir, space, plan.profile, spec.seed, mode, options.wandb_project, name,
                       target=folder.target)
@@ -142,6 +143,7 @@ def _pools(spec, plan, index, folder, name):
 def _tuner(spec, plan, space, folder, index, live, resume: bool):
     from ray import tune
 
+    from dfsearch.search import callbacks as cb
     from dfsearch.search.schedulers import EpochBudget, make_scheduler
     from dfsearch.search.searcher import make_searcher
     from dfsearch.search.trainable import TrialSetup, make_trainable
@@ -175,6 +177,9 @@ def finish(grid, space, profile, spec, options, folder, mode: str, wall: float, 
     ``--out``; print the summary. After a signal (``stop.received``) the tables hold what ended so
     far, trials that had not are ``interrupted`` (their checkpoints kept for ``--resume``), and the
     exit status is 128 + the signal's number."""
+    from dfsearch import store, tracking
+    from dfsearch.search import callbacks as cb
+    from dfsearch.search import results
     from dfsearch.search.plots import optuna_plots
 
     run_dir, target = folder.run_dir, folder.target

@@ -24,6 +24,8 @@ class StopOnSignal:
         self._env = os.environ.get(ray_compat.TUNE_NO_SIGINT_ENV)
         os.environ[ray_compat.TUNE_NO_SIGINT_ENV] = "1"
         self._old = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        self._old_tune = signal.getsignal(ray_compat.TUNE_STOP_SIGNAL)
+        ray_compat.forget_tune_listener()  # an earlier fit() in this process left its own
         return self
 
     def _handle(self, sig, frame):
@@ -39,6 +41,7 @@ class StopOnSignal:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        signal.signal(ray_compat.TUNE_STOP_SIGNAL, self._old_tune)
         if self._env is None:
             os.environ.pop(ray_compat.TUNE_NO_SIGINT_ENV, None)
         else:
