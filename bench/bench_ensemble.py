@@ -101,6 +101,27 @@ def main() -> None:
     verdict = "OK" if results[("accuracy", 4)] <= 1 and results[("accuracy", 50)] <= 1 else "SLOW"
     print(f"RESULT select {args.candidates}x{args.samples}x{args.rounds}: accuracy [{acc}] "
           f"log_loss [{ll}]; naive ratio {slow / fast:.0f}x; target <= 1 s for accuracy: {verdict}")
+    trajectory_metrics(args.samples, args.rounds)
+
+
+def trajectory_metrics(n: int, rounds: int) -> None:
+    """``dfsearch.metrics`` (sklearn's log_loss / accuracy_score) against the hand-written numpy
+    they replaced, on what ``select`` computes once per round: one ensemble's val predictions."""
+    from dfsearch import metrics as M
+
+    def numpy_metrics(y, p):
+        q = np.clip(np.nan_to_num(p, nan=0.5), M.EPS, 1 - M.EPS)
+        return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))), float(np.mean((p >= 0.5) == (y == 1)))
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, n)
+    p = np.clip(y * 0.6 + rng.normal(0.2, 0.25, n), 0, 1)
+    ours = (M.log_loss(y, p), M.accuracy(y, p))
+    assert np.allclose(ours, numpy_metrics(y.astype(np.float64), p)), (ours, numpy_metrics(y, p))
+    t_sk, _, _ = timed(lambda: [(M.log_loss(y, p), M.accuracy(y, p)) for _ in range(rounds)], 3)
+    t_np, _, _ = timed(lambda: [numpy_metrics(y, p) for _ in range(rounds)], 3)
+    print(f"RESULT trajectory metrics ({rounds} rounds x {n} samples): sklearn {t_sk:.3f} s vs numpy {t_np:.3f} s "
+          f"({t_sk / t_np:.1f}x; the same values)")
 
 
 if __name__ == "__main__":

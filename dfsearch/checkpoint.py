@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from timm.utils import unwrap_model
 
 from dfsearch import models
 from dfsearch.config import TrainConfig
@@ -29,14 +30,10 @@ CONFIG = "config.json"
 META = "meta.json"
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
 def save(folder: str | Path, model, config: dict, meta: dict, train_state: dict | None = None) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in unwrap_model(model).state_dict().items()}
     save_file(state, str(folder / WEIGHTS))
     if train_state is not None:
         torch.save(train_state, folder / STATE)

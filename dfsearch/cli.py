@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from dfsearch import ensemble_cli, predict, train_cli
-from dfsearch.errors import DfsearchError
+from dfsearch.errors import run_command
 
 
 def _add_search(sub):
@@ -55,14 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except DfsearchError as e:
-        print(f"dfsearch {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"dfsearch {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_command(f"dfsearch {args.command}", args.func, args)
 
 
 if __name__ == "__main__":

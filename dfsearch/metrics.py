@@ -12,16 +12,20 @@ EPS = 1e-7
 
 
 def log_loss(labels, probs) -> float:
-    """Mean binary cross-entropy; probabilities clipped to [EPS, 1-EPS] (NaN-safe: NaN -> 0.5)."""
-    y = np.asarray(labels, dtype=np.float64)
-    p = np.nan_to_num(np.asarray(probs, dtype=np.float64), nan=0.5)
-    p = np.clip(p, EPS, 1 - EPS)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    """Mean binary cross-entropy (sklearn's); probabilities clipped to [EPS, 1-EPS] first, so a
+    confidently wrong float32 probability costs -log(EPS), not infinity (NaN-safe: NaN -> 0.5)."""
+    y = np.asarray(labels)
+    if not len(y):
+        return float("nan")
+    p = np.clip(np.nan_to_num(np.asarray(probs, dtype=np.float64), nan=0.5), EPS, 1 - EPS)
+    return float(skm.log_loss(y, p, labels=[0, 1]))
 
 
 def accuracy(labels, probs, threshold: float = 0.5) -> float:
     y = np.asarray(labels)
-    return float(np.mean((np.asarray(probs) >= threshold) == (y == 1)))
+    if not len(y):
+        return float("nan")
+    return float(skm.accuracy_score(y == 1, np.asarray(probs) >= threshold))
 
 
 def roc_auc(labels, probs) -> float:

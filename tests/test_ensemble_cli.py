@@ -21,7 +21,8 @@ from dfsearch.data.discover import discover
 from dfsearch.ensemble_cli import latest_run, main
 from dfsearch.predict import add_parser as add_predict_parser
 from dfsearch.predict import predict_paths
-from dfsearch.train import fit_trial, trial_summary, write_store
+from dfsearch.store import write_store
+from dfsearch.train import fit_trial, trial_summary
 from tests.wandb_offline import records as wandb_records
 
 CFGS = [TrainConfig(arch="small_cnn", img_size=32, epochs=1, batch_size=32, lr=3e-3, seed=1),

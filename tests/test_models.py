@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 from timm.utils.model import FrozenBatchNorm2d  # what timm.utils.freeze converts BatchNorm2d into
 
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
 from dfsearch import models
 from dfsearch.errors import DfsearchError
 
@@ -59,9 +61,9 @@ def test_bad_num_classes_and_img_size():
 
 def test_data_config():
     assert models.data_config("resnet18", 96)["input_size"] == (3, 96, 96)
-    assert models.data_config("resnet18", 64)["mean"] == models.IMAGENET_MEAN
-    assert models.data_config("small_cnn", 32) == dict(input_size=(3, 32, 32), mean=models.IMAGENET_MEAN,
-                                                       std=models.IMAGENET_STD)
+    assert models.data_config("resnet18", 64)["mean"] == IMAGENET_DEFAULT_MEAN
+    assert models.data_config("small_cnn", 32) == dict(input_size=(3, 32, 32), mean=IMAGENET_DEFAULT_MEAN,
+                                                       std=IMAGENET_DEFAULT_STD)
     # timm's own pretrained config for the ViT (its weights were trained with 0.5/0.5 normalisation)
     cfg = timm.get_pretrained_cfg("vit_tiny_patch16_224")
     assert models.data_config("vit_tiny_patch16_224", 64)["mean"] == tuple(cfg.mean)
@@ -382,3 +384,11 @@ def test_unavailable_hub_weights_say_how_to_provide_them(tmp_path):
     assert "--pretrained" in msg
     assert "file" in msg and "directory" in msg
     assert "resnet18.safetensors" in msg
+
+
+def test_every_optimizer_a_trial_accepts_is_a_timm_optimizer():
+    from timm.optim import list_optimizers
+
+    from dfsearch.config import OPTIMIZERS
+
+    assert set(OPTIMIZERS) <= set(list_optimizers()), set(OPTIMIZERS) - set(list_optimizers())

@@ -18,24 +18,18 @@ Label convention: real = 0, fake = 1. A sample id is the image path relative to 
 
 from __future__ import annotations
 
-import json
 import os
-import random
-import sys
 from collections import Counter
-from dataclasses import dataclass, field
 
-from PIL import Image
-from sklearn.model_selection import train_test_split
+from pydantic import BaseModel, ValidationError, field_validator
 
-from dfsearch.data.images import IMAGE_EXTENSIONS, UnreadableImage, check_image, is_image_name, open_rgb
+from dfsearch.data.images import CHECKS, IMAGE_EXTENSIONS, check_files, is_image_name
 from dfsearch.errors import DfsearchError
 
 SPLITS = ("train", "valid", "test")
 SPLIT_NAMES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "test": "test"}
 CLASSES = {"real": 0, "fake": 1}
 CLASS_NAMES = {0: "real", 1: "fake"}
-CHECKS = ("header", "full", "none")
 MAX_DEPTH = 3  # how many folder levels below the given path a root may sit
 
 LAYOUT_140K = "140k-real-and-fake-faces"
@@ -52,19 +46,27 @@ accepted layouts (folder names in any case; images .jpg/.jpeg/.png in any case):
                              ROOT/test/...    (optional)
 pass ROOT itself or a folder up to 3 levels above it"""
 
+INDEX_FIELDS = "given, root, layout, splits {train, valid, test: [[sample_id, label], ...]}, skipped, notes"
 _NAME_REASON = f"not an image file name (accepted: {', '.join(IMAGE_EXTENSIONS)}, any case)"
 
 
-@dataclass
-class DatasetIndex:
-    """Where a dataset is and what is in it; plain data, JSON round-trippable."""
+class DatasetIndex(BaseModel):
+    """Where a dataset is and what is in it; plain data, JSON round-trippable (pydantic)."""
 
     given: str  # the path the user passed
     root: str  # absolute path of the folder that directly contains the split folders
     layout: str  # LAYOUT_140K | LAYOUT_OPENFORENSICS | LAYOUT_GENERIC
     splits: dict[str, list[tuple[str, int]]]  # "train"/"valid"/"test" -> sorted (sample_id, label)
-    skipped: list[dict] = field(default_factory=list)  # {"path": relative posix path, "reason": str}
-    notes: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = []  # {"path": relative posix path, "reason": str}
+    notes: list[str] = []
+
+    @field_validator("splits")
+    @classmethod
+    def _all_splits(cls, v):
+        missing = [s for s in SPLITS if s not in v]
+        if missing:
+            raise ValueError(f"no {', '.join(map(repr, missing))} (expected: {', '.join(SPLITS)})")
+        return v
 
     def counts(self) -> dict:
         """``{"train": {"real": N, "fake": N}, "valid": {...}, "test": {...}}``."""
@@ -76,60 +78,29 @@ class DatasetIndex:
 
     def to_json(self) -> dict:
         """A plain dict (lists, str, int) that ``json.dumps`` accepts and ``from_json`` reads back."""
-        return {
-            "given": self.given,
-            "root": self.root,
-            "layout": self.layout,
-            "splits": {s: [[sid, int(label)] for sid, label in items] for s, items in self.splits.items()},
-            "skipped": [dict(s) for s in self.skipped],
-            "notes": list(self.notes),
-        }
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_json(cls, data: dict | str) -> DatasetIndex:
-        """Rebuild an index from ``to_json()`` output (the dict, or its JSON text)."""
-        if isinstance(data, str):
-            try:
-                data = json.loads(data)
-            except json.JSONDecodeError as e:
-                raise DfsearchError(f"dataset index is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise DfsearchError(f"dataset index must be a JSON object, got {type(data).__name__}")
-        missing = [k for k in ("given", "root", "layout", "splits") if k not in data]
-        if missing:
-            raise DfsearchError(
-                f"dataset index is missing field(s) {', '.join(missing)} "
-                "(expected: given, root, layout, splits, skipped, notes)"
-            )
-        splits = {}
-        for split in SPLITS:
-            if not isinstance(data["splits"], dict) or split not in data["splits"]:
-                raise DfsearchError(f"dataset index field splits has no '{split}' (expected: {', '.join(SPLITS)})")
-            try:
-                splits[split] = [(str(sid), int(label)) for sid, label in data["splits"][split]]
-            except (TypeError, ValueError):
-                raise DfsearchError(
-                    f"dataset index field splits.{split} is malformed (expected: a list of [sample_id, label] pairs)"
-                ) from None
-        return cls(
-            given=str(data["given"]),
-            root=str(data["root"]),
-            layout=str(data["layout"]),
-            splits=splits,
-            skipped=[dict(s) for s in data.get("skipped", [])],
-            notes=[str(n) for n in data.get("notes", [])],
-        )
+        """Rebuild an index from ``to_json()`` output (the dict, or its JSON text); DfsearchError
+        naming the bad field(s) otherwise."""
+        try:
+            return cls.model_validate_json(data) if isinstance(data, (str, bytes)) else cls.model_validate(data)
+        except ValidationError as e:
+            raise DfsearchError(f"dataset index is malformed: {_describe(e)}") from None
 
 
-def discover(
-    path,
-    *,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    seed: int = 0,
-    check: str = "header",
-    progress: bool = False,
-) -> DatasetIndex:
+def _describe(e: ValidationError) -> str:
+    """One line naming the bad fields of a pydantic error: ``missing field(s) root; field splits.train.0: ...``."""
+    where = [(".".join(map(str, x["loc"])) or "(top)", x) for x in e.errors()]
+    missing = [loc for loc, x in where if x["type"] == "missing"]
+    parts = ([f"missing field(s) {', '.join(missing)}"] if missing else [])
+    parts += [f"field {loc}: {x['msg']}" for loc, x in where if x["type"] != "missing"][:3]
+    return "; ".join(parts) + f" (expected: {INDEX_FIELDS})"
+
+
+def discover(path, *, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
+             check: str = "header", progress: bool = False) -> DatasetIndex:
     """Find the dataset under ``path`` and index its images.
 
     ``check`` says how hard each file is looked at: ``"header"`` (default) parses the image header
@@ -142,28 +113,14 @@ def discover(
     Raises DfsearchError for a missing or empty path, no recognisable layout, a split with no
     readable images, or a split missing a class; nothing expensive runs before the layout is valid.
     """
-    index, _ = discover_with_sizes(
-        path,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        seed=seed,
-        check=check,
-        progress=progress,
-        sizes=False,
-    )
+    index, _ = discover_with_sizes(path, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                                   check=check, progress=progress, sizes=False)
     return index
 
 
-def discover_with_sizes(
-    path,
-    *,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    seed: int = 0,
-    check: str = "header",
-    progress: bool = False,
-    sizes: bool = True,
-) -> tuple[DatasetIndex, Counter]:
+def discover_with_sizes(path, *, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
+                        check: str = "header", progress: bool = False,
+                        sizes: bool = True) -> tuple[DatasetIndex, Counter]:
     """``discover`` plus a Counter of image sizes ``(width, height)`` over the kept images.
 
     Sizes come from the image headers in the same pass as the check (empty when ``check="none"``
@@ -186,7 +143,7 @@ def discover_with_sizes(
 
     # Check the files (the expensive part), then drop the unreadable ones.
     sample_ids = [sid for split in files for sid, _ in files[split]]
-    results = _check_files(root, sample_ids, check, progress, sizes)
+    results = check_files(root, sample_ids, check, progress, sizes)
     size_counts: Counter = Counter()
     splits: dict[str, list[tuple[str, int]]] = {}
     for split, items in files.items():
@@ -221,34 +178,9 @@ def discover_with_sizes(
             f"({len(splits['valid'])} images) as valid, seed {seed}"
         )
 
-    index = DatasetIndex(
-        given=given,
-        root=root,
-        layout=layout,
-        splits={s: sorted(splits[s]) for s in SPLITS},
-        skipped=skipped,
-        notes=notes,
-    )
+    index = DatasetIndex(given=given, root=root, layout=layout, splits={s: sorted(splits[s]) for s in SPLITS},
+                         skipped=skipped, notes=notes)
     return index, size_counts
-
-
-def oversample(items: list[tuple[str, int]], seed: int = 0) -> list[tuple[str, int]]:
-    """Random oversampling: ``items`` plus seeded duplicates of minority-class items until balanced.
-
-    Meant for the train split only. Items with one class (or none) come back unchanged, as a copy.
-    """
-    by_label: dict[int, list[tuple[str, int]]] = {}
-    for item in items:
-        by_label.setdefault(item[1], []).append(item)
-    if len(by_label) < 2:
-        return list(items)
-    target = max(len(v) for v in by_label.values())
-    rng = random.Random(seed)
-    out = list(items)
-    for label in sorted(by_label):
-        group = by_label[label]
-        out.extend(rng.choice(group) for _ in range(target - len(group)))
-    return out
 
 
 # ----------------------------------------------------------------------------- finding the root
@@ -432,48 +364,6 @@ def _list_images(root: str, rel_dir: str, skipped: list[dict]) -> list[str]:
     return found
 
 
-# ----------------------------------------------------------------------------- checking files
-
-
-def _probe(path: str, check: str, want_size: bool) -> tuple[str | None, tuple[int, int] | None]:
-    """``(reason, size)``: reason is None for a readable image; size is ``(w, h)`` when asked for."""
-    if check == "none":
-        return None, None
-    if check == "full":
-        try:
-            im = open_rgb(path)
-        except UnreadableImage as e:
-            return e.reason, None
-        return None, (im.size if want_size else None)
-    reason = check_image(path, full=False)
-    if reason is not None or not want_size:
-        return reason, None
-    try:
-        with Image.open(path) as im:
-            return None, im.size
-    except OSError as e:  # vanished or changed since the check
-        return f"cannot read: {e}", None
-
-
-def _check_files(root, sample_ids, check, progress, want_sizes) -> dict:
-    """sample_id -> (reason, size) for every file, in one pass (a tqdm bar on stderr if asked).
-
-    Single-threaded on purpose: PIL holds the GIL while decoding, so threads do not help.
-    """
-    if check == "none":
-        return {sid: (None, None) for sid in sample_ids}
-    from tqdm import tqdm
-
-    bar = tqdm(
-        sample_ids,
-        desc=f"checking images ({check})",
-        unit="img",
-        file=sys.stderr,
-        disable=None if progress else True,  # None: off when stderr is not a terminal
-    )
-    return {sid: _probe(os.path.join(root, sid), check, want_sizes) for sid in bar}
-
-
 # ----------------------------------------------------------------------------- validating and carving
 
 
@@ -494,6 +384,8 @@ def _require_both_classes(root, split, split_name, items, skipped) -> None:
 
 def _carve(items, fraction: float, seed: int, name: str):
     """Split ``items`` into (rest, carved) with ``fraction`` carved, stratified by label, seeded."""
+    from sklearn.model_selection import train_test_split  # here: sklearn takes seconds to import
+
     items = sorted(items)
     labels = [label for _, label in items]
     try:

@@ -1,12 +1,15 @@
-"""Reading one image file, and saying why when it cannot be read."""
+"""Reading image files, and saying why when one cannot be read."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+CHECKS = ("header", "full", "none")  # how hard ``check_files`` looks at each file
 
 
 class UnreadableImage(Exception):
@@ -65,3 +68,43 @@ def check_image(path: str | Path, full: bool = True) -> str | None:
     except OSError as e:
         return f"cannot read: {e}"
     return None
+
+
+def _probe(path: str, check: str, want_size: bool) -> tuple[str | None, tuple[int, int] | None]:
+    """``(reason, size)``: reason is None for a readable image; size is ``(w, h)`` when asked for."""
+    if check == "none":
+        return None, None
+    if check == "full":
+        try:
+            im = open_rgb(path)
+        except UnreadableImage as e:
+            return e.reason, None
+        return None, (im.size if want_size else None)
+    reason = check_image(path, full=False)
+    if reason is not None or not want_size:
+        return reason, None
+    try:
+        with Image.open(path) as im:
+            return None, im.size
+    except OSError as e:  # vanished or changed since the check
+        return f"cannot read: {e}", None
+
+
+def check_files(root: str, sample_ids, check: str = "header", progress: bool = False,
+                sizes: bool = False) -> dict[str, tuple[str | None, tuple[int, int] | None]]:
+    """``sample_id -> (reason, size)`` for every file ``root/sample_id``, in one pass.
+
+    ``check`` is one of ``CHECKS``: ``"header"`` parses the header, ``"full"`` decodes (catches
+    truncated files), ``"none"`` trusts the name. ``reason`` is None for a readable image; ``size``
+    is ``(w, h)`` when ``sizes`` (else None). ``progress`` shows a tqdm bar on stderr (only when it
+    is a terminal). Single-threaded on purpose: PIL holds the GIL while decoding, so threads do not help.
+    """
+    if check not in CHECKS:
+        raise ValueError(f"check={check!r}; accepted: {', '.join(CHECKS)}")
+    if check == "none":
+        return {sid: (None, None) for sid in sample_ids}
+    from tqdm import tqdm
+
+    bar = tqdm(sample_ids, desc=f"checking images ({check})", unit="img", file=sys.stderr,
+               disable=None if progress else True)  # None: off when stderr is not a terminal
+    return {sid: _probe(os.path.join(root, sid), check, sizes) for sid in bar}

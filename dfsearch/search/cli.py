@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import sys
 
-from dfsearch.errors import DfsearchError
+from dfsearch.errors import run_command
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,22 +56,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> int:
-    from dfsearch.search import run as search
-
     for flag in ("num_samples", "max_epochs", "workers_per_trial", "max_concurrent", "budget_epochs", "grace_period"):
         v = getattr(args, flag)
         if v is not None and v < 1:
             print(f"run_search.py: error: --{flag.replace('_', '-')} {v}: need >= 1", file=sys.stderr)
             return 2
-    try:
-        if args.json:  # stdout is the one JSON report: Tune's tables and the workers' output go to stderr
-            real = sys.stdout
-            with contextlib.redirect_stdout(sys.stderr):
-                return search(args, report_to=real)
-        return search(args)
-    except DfsearchError as e:
-        print(f"run_search.py: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("run_search.py: interrupted; continue with the same --out/--name and --resume", file=sys.stderr)
-        return 130
+    return run_command("run_search.py", _search, args,
+                       interrupted="interrupted; continue with the same --out/--name and --resume")
+
+
+def _search(args) -> int:
+    from dfsearch.search import run as search
+
+    if args.json:  # stdout is the one JSON report: Tune's tables and the workers' output go to stderr
+        real = sys.stdout
+        with contextlib.redirect_stdout(sys.stderr):
+            return search(args, report_to=real)
+    return search(args)

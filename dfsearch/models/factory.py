@@ -1,13 +1,13 @@
-"""Models: one registry, one factory.
+"""The torch side of the model registry: build, freeze, normalise, score.
 
 ``create(arch, pretrained=False, num_classes=1, img_size=64)`` builds any registered architecture;
-``freeze_to_top(model, k)`` leaves only the top ``k`` layer groups trainable (timm's group matcher;
-the head is the top group); ``data_config(arch, img_size)`` resolves the input size and
-normalisation in one place (timm's ``resolve_model_data_config`` for timm models).
+``freeze_to_top(model, k)`` leaves only the top ``k`` layer groups trainable (timm's group matcher,
+through the public ``timm.models.group_parameters`` / ``group_modules``; the head is the top
+group); ``data_config(arch, img_size)`` resolves the input size and normalisation in one place
+(timm's ``resolve_data_config`` over the arch's pretrained config, ImageNet defaults without one).
 
-Adding an architecture is one ``register(...)`` line for any timm model, a small builder for a
-custom one. ``pretrained`` is ``False`` (random init), ``True`` (timm's hub / cache path), a weights
-file (``.safetensors`` / ``.pth`` / ``.bin``, loaded weights-only through timm's
+``pretrained`` is ``False`` (random init), ``True`` (timm's hub / cache path), a weights file
+(``.safetensors`` / ``.pth`` / ``.bin``, loaded weights-only through timm's
 ``pretrained_cfg_overlay=dict(file=...)``), or a directory holding ``<arch>.safetensors`` (or
 ``.pth`` / ``.bin``). Asking for weights that cannot be had fails with a message that says how to
 provide them; it never falls back to a random init.
@@ -15,98 +15,21 @@ provide them; it never falls back to a random init.
 
 from __future__ import annotations
 
+import importlib
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import timm
 import torch
 import torch.nn as nn
-from timm.models._manipulate import group_modules, group_parameters
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_data_config
+from timm.models import group_modules, group_parameters, load_state_dict
 
 from dfsearch.errors import DfsearchError
+from dfsearch.models import WEIGHT_SUFFIXES, ModelSpec, get_spec, validate
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How to build one architecture. ``timm_name`` None means ``builder`` makes it."""
-
-    name: str
-    timm_name: str | None = None
-    builder: Callable[..., nn.Module] | None = None
-    takes_img_size: bool = False  # timm kwarg img_size (ViTs)
-    min_img_size: int = 16
-    extra: dict = field(default_factory=dict)  # fixed kwargs for timm.create_model
-
-
-REGISTRY: dict[str, ModelSpec] = {}
-
-
-def register(spec: ModelSpec) -> ModelSpec:
-    REGISTRY[spec.name] = spec
-    return spec
-
-
-class SmallCNN(nn.Module):
-    """A small custom CNN: [conv-BN-ReLU-pool] x3 -> dropout -> FC (seed 002's design, with BN).
-
-    Implements timm's ``group_matcher`` contract so freezing works as for timm models.
-    """
-
-    def __init__(self, num_classes: int = 1, width: int = 32, drop_rate: float = 0.2, **_):
-        super().__init__()
-        w = width
-
-        def block(cin, cout):
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                                 nn.ReLU(inplace=True), nn.MaxPool2d(2))
-
-        self.stem = block(3, w)
-        self.blocks = nn.Sequential(block(w, 2 * w), block(2 * w, 2 * w))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(2 * w, num_classes)
-        self.num_classes = num_classes
-
-    def group_matcher(self, coarse: bool = False):
-        return dict(stem=r"^stem", blocks=r"^blocks\.(\d+)")
-
-    def forward(self, x):
-        x = self.blocks(self.stem(x))
-        return self.fc(self.drop(torch.flatten(self.pool(x), 1)))
-
-
-register(ModelSpec("small_cnn", builder=SmallCNN))
-register(ModelSpec("resnet18", timm_name="resnet18"))
-register(ModelSpec("mobilenetv2_100", timm_name="mobilenetv2_100"))
-register(ModelSpec("vit_tiny_patch16_224", timm_name="vit_tiny_patch16_224", takes_img_size=True,
-                   min_img_size=32))
-
-
-def known_archs() -> list[str]:
-    return sorted(REGISTRY)
-
-
-def get_spec(arch: str) -> ModelSpec:
-    if arch not in REGISTRY:
-        raise DfsearchError(f"unknown arch {arch!r}; known: {', '.join(known_archs())}")
-    return REGISTRY[arch]
-
-
-def validate(arch: str, num_classes: int = 1, img_size: int = 64) -> ModelSpec:
-    spec = get_spec(arch)
-    if num_classes not in (1, 2):
-        raise DfsearchError(f"num_classes {num_classes!r}: use 1 (sigmoid) or 2 (softmax)")
-    if img_size < spec.min_img_size:
-        raise DfsearchError(f"img_size {img_size} is too small for {arch}; need >= {spec.min_img_size}")
-    if spec.takes_img_size and img_size % 16:
-        raise DfsearchError(f"img_size {img_size} for {arch}: must be a multiple of the patch size 16")
-    return spec
+IMAGENET_MEAN = IMAGENET_DEFAULT_MEAN  # (0.485, 0.456, 0.406)
+IMAGENET_STD = IMAGENET_DEFAULT_STD  # (0.229, 0.224, 0.225)
 
 
 def resolve_weights_file(arch: str, pretrained: str | os.PathLike) -> Path:
@@ -133,9 +56,15 @@ def _how_to_provide(arch: str) -> str:
             f"--pretrained /path/to/weights_dir; or use --pretrained none for a random init")
 
 
+def _builder(spec: ModelSpec):
+    """The class / function named by ``spec.builder`` (``"module:attr"``)."""
+    module, _, attr = spec.builder.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def _load_custom_weights(model: nn.Module, path: Path) -> None:
     """Weights-only load for non-timm architectures (head dropped if its shape differs)."""
-    state = timm.models.load_state_dict(str(path), weights_only=True)
+    state = load_state_dict(str(path), weights_only=True)
     own = model.state_dict()
     state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in state]
@@ -160,7 +89,7 @@ def create(arch: str, pretrained: bool | str | os.PathLike = False, num_classes:
         if pretrained is True:
             raise DfsearchError(f"{arch} has no published pretrained weights; pass a weights file or "
                                 f"directory with --pretrained PATH, or use --pretrained none")
-        model = spec.builder(num_classes=num_classes, **kwargs)
+        model = _builder(spec)(num_classes=num_classes, **kwargs)
         if weights is not None:
             _load_custom_weights(model, weights)
         return model
@@ -184,14 +113,15 @@ def create(arch: str, pretrained: bool | str | os.PathLike = False, num_classes:
 
 
 def data_config(arch: str, img_size: int) -> dict:
-    """Input size and normalisation for ``arch``: timm's resolved config for timm models."""
+    """``{"input_size": (3, S, S), "mean": ..., "std": ...}`` for ``arch`` at ``img_size``.
+
+    timm's ``resolve_data_config`` over the arch's pretrained config (a timm arch's weights were
+    trained with its mean/std, e.g. 0.5/0.5 for the ViT); ImageNet defaults for a custom arch.
+    """
     spec = get_spec(arch)
-    if spec.timm_name is None:
-        return dict(input_size=(3, img_size, img_size), mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    cfg = timm.get_pretrained_cfg(spec.timm_name)
-    mean = tuple(cfg.mean) if cfg and cfg.mean else IMAGENET_MEAN
-    std = tuple(cfg.std) if cfg and cfg.std else IMAGENET_STD
-    return dict(input_size=(3, img_size, img_size), mean=mean, std=std)
+    cfg = timm.get_pretrained_cfg(spec.timm_name) if spec.timm_name else None
+    dc = resolve_data_config(args=dict(img_size=int(img_size)), pretrained_cfg=cfg.to_dict() if cfg else None)
+    return dict(input_size=tuple(dc["input_size"]), mean=tuple(dc["mean"]), std=tuple(dc["std"]))
 
 
 def layer_groups(model: nn.Module) -> dict[int, list[str]]:
