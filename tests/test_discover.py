@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dfsearch.data.discover import DatasetIndex, discover, oversample
+from dfsearch.data.discover import DatasetIndex, discover
+from dfsearch.data.images import check_files
 from dfsearch.data.inspect import format_report, inspect_dataset, run
 from dfsearch.errors import DfsearchError
 
@@ -336,11 +337,71 @@ def test_index_json_round_trip(tmp_path):
         DatasetIndex.from_json({"given": "x", "layout": "generic", "splits": {}})
 
 
-def test_oversample_balances_minority_deterministically():
-    items = [(f"r{i}", 0) for i in range(7)] + [(f"f{i}", 1) for i in range(3)]
-    a = oversample(items, seed=0)
-    assert a == oversample(items, seed=0)
-    assert a[: len(items)] == items
-    assert sum(1 for _, y in a if y == 0) == sum(1 for _, y in a if y == 1) == 7
-    assert set(a) == set(items)  # duplicates only, nothing invented
-    assert oversample([("r0", 0)], seed=0) == [("r0", 0)]
+def test_index_from_json_names_the_bad_field():
+    good = {"given": "x", "root": "/r", "layout": "generic", "splits": {"train": [["a.jpg", 1]], "valid": [], "test": []}}
+    assert DatasetIndex.from_json(good).splits["train"] == [("a.jpg", 1)]
+    with pytest.raises(DfsearchError, match="splits.*'valid', 'test'"):
+        DatasetIndex.from_json({**good, "splits": {"train": []}})
+    with pytest.raises(DfsearchError, match=r"splits\.train\.0"):
+        DatasetIndex.from_json({**good, "splits": {**good["splits"], "train": [["a.jpg", "fake"]]}})
+    with pytest.raises(DfsearchError, match="dataset index"):
+        DatasetIndex.from_json("{not json")
+
+
+def test_check_files_reports_reasons_and_sizes(tmp_path):
+    write_image(tmp_path / "a.jpg", size=(12, 10))
+    (tmp_path / "b.jpg").write_bytes(b"")
+    out = check_files(str(tmp_path), ["a.jpg", "b.jpg"], "header", sizes=True)
+    assert out["a.jpg"] == (None, (12, 10))
+    assert out["b.jpg"][0] == "empty file (0 bytes)"
+    assert check_files(str(tmp_path), ["b.jpg"], "none") == {"b.jpg": (None, None)}
+    with pytest.raises(ValueError, match="accepted: header, full, none"):
+        check_files(str(tmp_path), [], "fast")
+
+
+def test_import_is_light():
+    """sklearn (seconds to import) is only loaded when a split has to be carved."""
+    import subprocess
+    import sys
+
+    code = "import sys, dfsearch.data.discover; print(sorted({'sklearn', 'torch'} & set(sys.modules)))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+# ----------------------------------------------------------------------------- balanced sampling
+
+
+def _epoch(loader, epoch):
+    loader.sampler.set_epoch(epoch)
+    return list(loader.sampler)
+
+
+def test_oversample_draws_balanced_epochs_sharded_across_ranks():
+    from dfsearch.data.loading import ImageList, balanced_weights, make_loader
+
+    items = [(f"r{i}", 0) for i in range(90)] + [(f"f{i}", 1) for i in range(11)]  # 101: not a multiple of 2
+    labels = [y for _, y in items]
+    w = balanced_weights(labels)
+    assert abs(w[:90].sum() - w[90:].sum()) < 1e-9  # each class carries the same total weight
+
+    ds = ImageList("/nowhere", items, transform=None)
+    ranks = [make_loader(ds, batch_size=8, rank=r, world=2, shuffle=True, seed=3, oversample=True) for r in range(2)]
+    drawn = []
+    for epoch in range(20):
+        a, b = (_epoch(loader, epoch) for loader in ranks)
+        assert len(a) == len(b) == len(ranks[0].sampler) == 51  # same length on every rank (padded)
+        drawn += a + b
+    fake_share = sum(labels[i] for i in drawn) / len(drawn)
+    assert abs(fake_share - 0.5) < 0.05, fake_share  # 11 of 101 are fake; the draw is balanced
+    assert len({i for i in drawn if labels[i] == 1}) == 11  # every minority item is drawn
+
+    # deterministic per (seed, epoch), different across epochs
+    assert _epoch(ranks[0], 5) == _epoch(ranks[0], 5)
+    assert _epoch(ranks[0], 5) != _epoch(ranks[0], 6)
+
+    # without oversample: one shuffled pass, every item exactly once (plus the pad)
+    plain = [make_loader(ds, batch_size=8, rank=r, world=2, shuffle=True, seed=3) for r in range(2)]
+    seen = _epoch(plain[0], 0) + _epoch(plain[1], 0)
+    assert len(seen) == 102 and set(seen) == set(range(101))

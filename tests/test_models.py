@@ -392,3 +392,36 @@ def test_every_optimizer_a_trial_accepts_is_a_timm_optimizer():
     from dfsearch.config import OPTIMIZERS
 
     assert set(OPTIMIZERS) <= set(list_optimizers()), set(OPTIMIZERS) - set(list_optimizers())
+
+
+def test_registry_and_config_validation_import_no_torch():
+    """Listing / validating archs and a TrainConfig stays torch-free (a CLI answers bad input
+    before torch loads); the torch side still comes through the package on first use."""
+    code = (
+        "import sys\n"
+        "from dfsearch import models\n"
+        "from dfsearch.config import TrainConfig\n"
+        "import dfsearch.data.discover\n"
+        "models.validate('resnet18'); models.known_archs()\n"
+        "TrainConfig(arch='vit_tiny_patch16_224', img_size=32, optimizer='sgd')\n"
+        "try:\n"
+        "    models.validate('resnet9000')\n"
+        "except Exception as e:\n"
+        "    assert 'resnet9000' in str(e) and 'small_cnn' in str(e), e\n"
+        "assert not {'torch', 'timm', 'sklearn'} & set(sys.modules), sorted({'torch', 'timm', 'sklearn'} & set(sys.modules))\n"
+        "assert callable(models.create) and 'torch' in sys.modules\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_lazy_names_are_the_factory_ones():
+    from dfsearch.models import factory, small_cnn
+
+    assert models.create is factory.create and models.freeze_to_top is factory.freeze_to_top
+    assert models.SmallCNN is small_cnn.SmallCNN
+    assert models.IMAGENET_MEAN == IMAGENET_DEFAULT_MEAN and models.IMAGENET_STD == IMAGENET_DEFAULT_STD
+    assert "create" in dir(models)
+    with pytest.raises(AttributeError):
+        models.no_such_name  # noqa: B018

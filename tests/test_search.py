@@ -238,13 +238,13 @@ def _remote_checkpoints(target, trial_ids) -> dict:
     return {tid: sorted({f.split("/")[1] for f in files if f.startswith(f"{tid}/checkpoint_")}) for tid in trial_ids}
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
 @pytest.mark.slow
 @pytest.mark.xdist_group("subprocess")  # its own Ray, in subprocesses: beside the "ray" group
-def test_killed_search_resumes_without_losing_or_repeating_trials(where, easy_data, tmp_path, request):
-    """Kill a real search (driver and its local Ray, SIGKILL) after two trials, then --resume. With
-    an s3:// --out, the local staging copy is deleted before the resume (a new driver machine):
-    everything comes back from the bucket."""
+def test_killed_search_resumes_from_the_bucket_without_losing_or_repeating_trials(easy_data, tmp_path, request):
+    """Kill a real search with an s3:// --out (driver and its local Ray, SIGKILL) after two trials,
+    delete the local staging copy (a new driver machine), then --resume: everything comes back
+    from the bucket, nothing is lost or re-run. (A local --out: the scenario test below.)"""
+    where = "s3"
     out, env = str(tmp_path), {**os.environ, "PYTHONPATH": str(REPO), "DFSEARCH_CACHE": str(tmp_path / "cache")}
     if where == "s3":
         out = f"s3://{S3_BUCKET}/{tmp_path.name}{request.getfixturevalue('s3_server')}"
@@ -313,16 +313,26 @@ def _running_trial(run: Path) -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("subprocess")  # its own Ray, in subprocesses: beside the "ray" group
-def test_ctrl_c_stops_the_search_cleanly_and_resume_continues_the_cut_trial(easy_data, tmp_path):
-    """SIGINT to the search's whole process group (what Ctrl-C in a terminal sends) while a trial
-    is between epochs: the search stops, finishes every W&B run, writes what ended, marks the cut
-    trial ``interrupted`` (checkpoint kept, not in the store), says how to resume, exits 130.
-    ``--resume`` then continues the cut trial from its checkpoint: no epoch repeated, none lost."""
+def test_ctrl_c_then_resume_then_a_kill_then_resume_loses_and_repeats_nothing(easy_data, tmp_path):
+    """A search's life with a local --out, as a user lives it, in one scenario (each step starts
+    a fresh driver and Ray, so they share the start-ups):
+
+    1. SIGINT to the search's process group (Ctrl-C in a terminal) while a trial is between
+       epochs: the search stops, finishes every W&B run, writes what ended, marks the cut trial
+       ``interrupted`` (checkpoint kept, not in the store), says how to resume, exits 130;
+    2. ``--resume`` continues the cut trial from its checkpoint; once it has ended, SIGKILL the
+       driver and its Ray (no chance to clean up);
+    3. ``--resume`` again: every trial ends once; the trials that had ended are not re-run (their
+       checkpoints untouched), the cut trial went on from its checkpoint (no epoch repeated or
+       lost), and the Optuna study went on."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "DFSEARCH_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, str(REPO / "run_search.py"), "--space", "cnn", "--data", str(easy_data),
-           "--out", str(tmp_path), "--name", "c", "--num-samples", "2", "--max-epochs", "3", "--scheduler", "fifo",
+           "--out", str(tmp_path), "--name", "c", "--num-samples", "3", "--max-epochs", "3", "--scheduler", "fifo",
            "--workers-per-trial", "1", "--max-concurrent", "1", "--no-dashboard", "--wandb-mode", "offline"]
     run = tmp_path / "c"
+    progress = run / PROGRESS_FILE
+
+    # 1. Ctrl-C
     with open(tmp_path / "first.log", "w") as log:
         p = subprocess.Popen(cmd, start_new_session=True, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline, cut = time.time() + 400, None
@@ -345,13 +355,35 @@ def test_ctrl_c_stops_the_search_cleanly_and_resume_continues_the_cut_trial(easy
     assert wandb_runs and all(  # every run was finished (it has an exit record), the cut trial's too
         any(r.WhichOneof("record_type") == "exit" for r in records(next(d.glob("run-*.wandb")))) for d in wandb_runs)
 
+    # 2. resume, then SIGKILL once the cut trial has ended (and Tune has saved that)
+    ended_before = len(progress.read_text().splitlines())
+    with open(tmp_path / "second.log", "w") as log:
+        p = subprocess.Popen(cmd + ["--resume"], start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+                             env=env)
+        deadline = time.time() + 400
+        while time.time() < deadline and p.poll() is None and len(progress.read_text().splitlines()) <= ended_before:
+            time.sleep(0.5)
+        time.sleep(5)  # > TUNE_GLOBAL_CHECKPOINT_S: Tune has saved that the trial ended
+        assert p.poll() is None, "the search ended before it could be killed: " + (tmp_path / "second.log").read_text()[-2000:]
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    done_before = {json.loads(line)["trial_id"] for line in progress.read_text().splitlines()}
+    assert cut in done_before
+    kept = _checkpoints(run, done_before)
+
+    # 3. resume to the end
     res = subprocess.run(cmd + ["--resume", "--json"], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout.strip().splitlines()[-1])
     t = pd.read_parquet(run / TRIALS_FILE)
-    assert len(t) == 2 and t.trial_id.is_unique and set(t.status) == {"completed"} and set(t.epochs) == {3}
+    assert len(t) == 3 and t.trial_id.is_unique and report["trials"] == 3
+    assert set(t.status) == {"completed"} and set(t.epochs) == {3}
+    assert _checkpoints(run, done_before) == kept  # not re-run: no new checkpoints
     tune_dir = next(d for d in run.glob("trial_fn_*") if pd.read_csv(d / "progress.csv").trial_id.astype(str).iloc[0] == cut)
     epochs = list(pd.read_csv(tune_dir / "progress.csv").epoch)
     assert epochs == sorted(set(epochs)) and epochs[-1] == 3, epochs  # went on from its checkpoint
+    study = optuna.load_study(study_name="c", storage=f"sqlite:///{run / 'optuna.db'}")
+    assert len([tr for tr in study.trials if tr.state.is_finished()]) >= 3  # the study went on
 
 
 def test_search_to_s3_leaves_everything_there_for_ensemble_and_predict_elsewhere(

@@ -65,7 +65,7 @@ class DatasetIndex(BaseModel):
     def _all_splits(cls, v):
         missing = [s for s in SPLITS if s not in v]
         if missing:
-            raise ValueError(f"no {', '.join(map(repr, missing))} (expected: {', '.join(SPLITS)})")
+            raise ValueError(f"no {', '.join(map(repr, missing))} split")
         return v
 
     def counts(self) -> dict:
@@ -95,7 +95,7 @@ def _describe(e: ValidationError) -> str:
     where = [(".".join(map(str, x["loc"])) or "(top)", x) for x in e.errors()]
     missing = [loc for loc, x in where if x["type"] == "missing"]
     parts = ([f"missing field(s) {', '.join(missing)}"] if missing else [])
-    parts += [f"field {loc}: {x['msg']}" for loc, x in where if x["type"] != "missing"][:3]
+    parts += [f"field {loc}: {x['msg'].removeprefix('Value error, ')}" for loc, x in where if x["type"] != "missing"][:3]
     return "; ".join(parts) + f" (expected: {INDEX_FIELDS})"
 
 
