@@ -6,6 +6,9 @@
 Times ``select`` for metric accuracy and log_loss with top_k 4 and 50, then runs a naive reference
 (a Python loop over candidates calling sklearn's accuracy_score, every round) next to ``select``
 on a smaller problem and prints the speed ratio. Target: <= 1 s for the 500 x 40k x 50 accuracy case.
+Last, what scoring each round's trajectory entry with sklearn's log_loss / accuracy_score would cost
+against the numpy ones ``dfsearch.metrics`` keeps: ``select`` both ways side by side (interleaved),
+and the metric calls alone.
 
 The synthetic pool looks like real detector outputs: every candidate sees the same per-sample
 difficulty (so candidates are correlated and make similar mistakes), plus its own skill and noise.
@@ -16,6 +19,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import types
+from unittest import mock
 
 import numpy as np
 
@@ -101,27 +106,62 @@ def main() -> None:
     verdict = "OK" if results[("accuracy", 4)] <= 1 and results[("accuracy", 50)] <= 1 else "SLOW"
     print(f"RESULT select {args.candidates}x{args.samples}x{args.rounds}: accuracy [{acc}] "
           f"log_loss [{ll}]; naive ratio {slow / fast:.0f}x; target <= 1 s for accuracy: {verdict}")
-    trajectory_metrics(args.samples, args.rounds)
+    trajectory_metrics(P, y, args.rounds, args.repeat)
 
 
-def trajectory_metrics(n: int, rounds: int) -> None:
-    """``dfsearch.metrics`` (sklearn's log_loss / accuracy_score) against the hand-written numpy
-    they replaced, on what ``select`` computes once per round: one ensemble's val predictions."""
+def _sklearn_metrics():
+    """sklearn's ``log_loss`` (same clipping at EPS first) and ``accuracy_score``, as a stand-in for
+    the numpy ``dfsearch.metrics.log_loss`` / ``accuracy`` inside ``select``."""
+    from sklearn import metrics as skm
+
     from dfsearch import metrics as M
 
-    def numpy_metrics(y, p):
-        q = np.clip(np.nan_to_num(p, nan=0.5), M.EPS, 1 - M.EPS)
-        return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))), float(np.mean((p >= 0.5) == (y == 1)))
+    def log_loss(y, p):
+        q = np.clip(np.nan_to_num(np.asarray(p, dtype=np.float64), nan=0.5), M.EPS, 1 - M.EPS)
+        return float(skm.log_loss(y, q, labels=[0, 1]))
 
+    def accuracy(y, p, threshold=0.5):
+        return float(skm.accuracy_score(np.asarray(y) == 1, np.asarray(p) >= threshold))
+
+    return types.SimpleNamespace(log_loss=log_loss, accuracy=accuracy, roc_auc=M.roc_auc, EPS=M.EPS)
+
+
+def trajectory_metrics(P: np.ndarray, y: np.ndarray, rounds: int, repeat: int) -> None:
+    """Each round ``select`` scores its trajectory entry (val metric + val log loss of the ensemble
+    so far, float64) with ``dfsearch.metrics`` (numpy ``log_loss`` / ``accuracy``). Side by side in
+    this run, repetitions interleaved: ``select`` as it is, and ``select`` with sklearn's
+    ``log_loss`` / ``accuracy_score`` swapped in; then the two metric calls alone, ``rounds`` times."""
+    from dfsearch import metrics as M
+    from dfsearch.ensemble import selection
+
+    sk_m = _sklearn_metrics()
     rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, n)
-    p = np.clip(y * 0.6 + rng.normal(0.2, 0.25, n), 0, 1)
-    ours = (M.log_loss(y, p), M.accuracy(y, p))
-    assert np.allclose(ours, numpy_metrics(y.astype(np.float64), p)), (ours, numpy_metrics(y, p))
-    t_sk, _, _ = timed(lambda: [(M.log_loss(y, p), M.accuracy(y, p)) for _ in range(rounds)], 3)
-    t_np, _, _ = timed(lambda: [numpy_metrics(y, p) for _ in range(rounds)], 3)
-    print(f"RESULT trajectory metrics ({rounds} rounds x {n} samples): sklearn {t_sk:.3f} s vs numpy {t_np:.3f} s "
-          f"({t_sk / t_np:.1f}x; the same values)")
+    yy = rng.integers(0, 2, P.shape[1])
+    pp = np.clip(yy * 0.6 + rng.normal(0.2, 0.25, P.shape[1]), 0, 1)
+    got, want = (M.log_loss(yy, pp), M.accuracy(yy, pp)), (sk_m.log_loss(yy, pp), sk_m.accuracy(yy, pp))
+    assert np.allclose(got, want, rtol=1e-12, atol=0), (got, want)
+
+    for top_k in (4, 50):
+        times: dict[str, list[float]] = {"sklearn": [], "numpy": []}
+        sels = {}
+        for _ in range(repeat):
+            for name in times:
+                with mock.patch.object(selection, "M", sk_m if name == "sklearn" else M):
+                    t0 = time.perf_counter()
+                    sels[name] = selection.select(P, y, top_k=top_k, rounds=rounds, metric="accuracy")
+                    times[name].append(time.perf_counter() - t0)
+        same = sels["sklearn"].weights == sels["numpy"].weights and np.allclose(
+            [r["val_log_loss"] for r in sels["sklearn"].trajectory],
+            [r["val_log_loss"] for r in sels["numpy"].trajectory], rtol=1e-12, atol=0)
+        sk, nu = min(times["sklearn"]), min(times["numpy"])
+        print(f"RESULT trajectory metrics: select accuracy top_k {top_k} {P.shape[0]}x{P.shape[1]}x{rounds}: "
+              f"sklearn {sk:.3f} s vs numpy {nu:.3f} s ({sk / nu:.2f}x; medians "
+              f"{statistics.median(times['sklearn']):.3f} / {statistics.median(times['numpy']):.3f}; "
+              f"same selection and trajectory: {same})")
+    t_sk, _, _ = timed(lambda: [(sk_m.log_loss(yy, pp), sk_m.accuracy(yy, pp)) for _ in range(rounds)], repeat)
+    t_np, _, _ = timed(lambda: [(M.log_loss(yy, pp), M.accuracy(yy, pp)) for _ in range(rounds)], repeat)
+    print(f"RESULT trajectory metrics alone ({rounds} x log_loss + accuracy on {P.shape[1]} samples): "
+          f"sklearn {t_sk:.3f} s vs numpy {t_np:.3f} s ({t_sk / t_np:.1f}x; the same values)")
 
 
 if __name__ == "__main__":

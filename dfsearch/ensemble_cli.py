@@ -15,6 +15,10 @@ check never replaces a good ensemble. Finally one W&B run (job_type "ensemble", 
 folder's name) logs the members, the metrics and the plots.
 
 Errors print ``ensemble: error: <message>`` on stderr and exit with status 2.
+
+Imports are deferred: building the parser and rejecting bad input (a missing ``--run`` folder,
+a bad ``--top-k``) needs neither numpy/pandas nor torch/Ray; ``dfsearch.ensemble``'s modules are
+loaded when the selection starts, ``dfsearch.checkpoint`` (torch) when the members are checked.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ import tempfile
 from pathlib import Path
 
 from dfsearch import remote, tracking
-from dfsearch.ensemble import METRICS, format_summary, run_ensemble
-from dfsearch.errors import DfsearchError
-from dfsearch.store import PREDICTIONS_FILE
+from dfsearch.ensemble import METRICS  # a constant: the package loads its modules lazily
+from dfsearch.errors import DfsearchError, run_command
 
+# = dfsearch.store.PREDICTIONS_FILE (tests/test_ensemble.py checks it), not imported from there
+# because dfsearch.store imports pandas and pyarrow (~1.3 s), which bad input does not need
+PREDICTIONS_FILE = "predictions.parquet"
 RUNS_DIR = "runs"
 PLOTS = ("roc.png", "confusion.png", "trajectory.png")
 SCALARS = ("accuracy", "roc_auc", "log_loss", "f1", "precision", "recall", "average_precision", "eer")
@@ -173,6 +179,8 @@ def run(args) -> int:
     store_dir = store_dir.resolve()
     out = Path(args.out) if args.out else store_dir / "ensemble"
 
+    from dfsearch.ensemble import format_summary, run_ensemble  # numpy, pandas, sklearn: after the checks
+
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -210,14 +218,7 @@ def run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(run(args) or 0)
-    except DfsearchError as e:
-        print(f"ensemble: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("ensemble: interrupted", file=sys.stderr)
-        return 130
+    return run_command("ensemble", run, args)
 
 
 if __name__ == "__main__":

@@ -319,3 +319,65 @@ def test_evaluate_reports_val_and_test():
     assert ev["best_single"]["candidate"] == "one"  # 3/3 vs 2/3
     assert ev["naive_top_k"]["candidates"] == ["one", "two"]
     assert ev["ensemble"]["test"]["accuracy"] == 1.0 and ev["ensemble"]["val"]["n"] == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# the metrics selection scores with; a light package and a light command
+
+
+def test_numpy_log_loss_and_accuracy_match_sklearn():
+    from sklearn.metrics import accuracy_score
+    from sklearn.metrics import log_loss as sk_log_loss
+
+    from dfsearch import metrics as M
+
+    rng = np.random.default_rng(4)
+    y = (rng.random(1000) < 0.3).astype(np.int8)
+    p = rng.random(1000)
+    p[:5] = [0.0, 1.0, 0.5, 1e-12, 1 - 1e-12]  # clipped at EPS, and the threshold itself
+    clipped = np.clip(p, M.EPS, 1 - M.EPS)
+    assert M.log_loss(y, p) == pytest.approx(sk_log_loss(y, clipped, labels=[0, 1]), rel=1e-12)
+    assert M.accuracy(y, p) == accuracy_score(y == 1, p >= 0.5)
+    assert M.log_loss(np.ones(3), [1.0, 0.9, np.nan]) == pytest.approx(
+        sk_log_loss([1, 1, 1], np.clip([1.0, 0.9, 0.5], M.EPS, 1 - M.EPS), labels=[0, 1]), rel=1e-12)
+    assert np.isnan(M.log_loss([], [])) and np.isnan(M.accuracy([], []))
+
+
+_HEAVY = ("torch", "ray", "sklearn", "matplotlib", "pandas", "pyarrow", "scipy")
+
+
+def _fresh_python(code: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_importing_the_package_and_the_command_is_light():
+    code = ("import sys, dfsearch.ensemble, dfsearch.ensemble_cli; "
+            f"print(sorted(m for m in {_HEAVY!r} if m in sys.modules))")
+    out = _fresh_python(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_ensemble_command_rejects_a_missing_run_folder_without_heavy_imports(tmp_path):
+    import time
+
+    code = ("import sys, time; t0 = time.perf_counter(); from dfsearch.ensemble_cli import main; "
+            f"rc = main(['--run', {str(tmp_path / 'nope')!r}]); "
+            "print(rc, sorted(m for m in %r if m in sys.modules), time.perf_counter() - t0)" % (_HEAVY,))
+    t0 = time.perf_counter()
+    out = _fresh_python(code)
+    wall = time.perf_counter() - t0
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("2 []"), out.stdout  # exit status 2, nothing heavy imported
+    assert "ensemble: error: --run" in out.stderr and "no predictions.parquet there" in out.stderr
+    took = float(out.stdout.split()[-1])  # the import and the check
+    assert took < 1.0 and wall < 10, (took, wall)  # wall: with python's own start, on a loaded machine
+
+
+def test_the_command_names_the_store_file_as_the_store_does():
+    from dfsearch import ensemble_cli, store
+
+    assert ensemble_cli.PREDICTIONS_FILE == store.PREDICTIONS_FILE

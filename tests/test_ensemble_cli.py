@@ -38,14 +38,22 @@ def _main(argv) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
+pytestmark = pytest.mark.xdist_group("ray")  # the session Ray (conftest)
+
+
 @pytest.fixture(scope="module")
 def run_dir(ray_local, easy_data, tmp_path_factory):
-    """A search-like output folder: two one-epoch trials collected into one store."""
+    """A search-like output folder: one-epoch trials (trained at once: 1 worker each on 4 logical
+    CPUs) collected into one store."""
+    from concurrent.futures import ThreadPoolExecutor
+
     base = tmp_path_factory.mktemp("ens")
     index = discover(easy_data)
+    with ThreadPoolExecutor(len(CFGS)) as pool:
+        results = list(pool.map(lambda i: fit_trial(CFGS[i], index.to_json(), workers=1, storage=str(base / "ray"),
+                                                    name=f"trial_{i}"), range(len(CFGS))))
     summaries = []
-    for i, cfg in enumerate(CFGS):
-        result = fit_trial(cfg, index.to_json(), workers=1, storage=str(base / "ray"), name=f"trial_{i}")
+    for i, (cfg, result) in enumerate(zip(CFGS, results)):
         assert result.error is None
         summaries.append(trial_summary(result, cfg, f"cand-{i}", f"trial_{i}"))
     run = base / "search-tiny"

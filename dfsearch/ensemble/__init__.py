@@ -1,0 +1,49 @@
+"""Greedy ensemble selection (Caruana et al. 2004) on the prediction store.
+
+The pipeline, one module each:
+
+``alignment.align(preds) -> Pool``
+    Long contract frame (see ``dfsearch.store``) -> per split a dense matrix ``P[split]`` of shape
+    (n_candidates, n_samples), labels ``y[split]`` and ``sample_ids[split]``.
+``selection.select(P_val, y_val, top_k=..., rounds=..., metric=...) -> Selection``
+    Forward greedy selection with replacement on val (``scorer.Scorer`` scores every candidate of a
+    round at once); ``selection.rank_candidates`` orders candidates by their own val score.
+``evaluation.evaluate(pool, selection, top_k) -> dict``
+    Val and test metrics of the ensemble, the best single candidate and the naive top-k average.
+``run.run_ensemble(predictions_dir, ..., out_dir) -> dict``
+    All of the above on a store folder; writes ``ensemble.json`` and the ``plots`` (three PNGs).
+
+Importing this package is cheap: it defines ``METRICS`` and loads the submodule behind any other
+public name on first use (PEP 562), so ``dfsearch.ensemble_cli`` can build its parser and reject
+bad input without numpy, pandas, sklearn or matplotlib.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+METRICS = ("accuracy", "log_loss", "roc_auc")  # what select() can optimise on val
+
+_LAZY = {
+    "Pool": "alignment", "align": "alignment",
+    "Scorer": "scorer",
+    "Selection": "selection", "select": "selection", "rank_candidates": "selection",
+    "blend": "evaluation", "evaluate": "evaluation",
+    "write_plots": "plots",
+    "run_ensemble": "run", "format_summary": "run",
+}
+
+__all__ = ["METRICS", *_LAZY]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,110 @@
+"""One ensemble from a store folder, end to end, and its terminal summary.
+
+``run_ensemble(predictions_dir, top_k=, rounds=, metric=, nbest=, out_dir=)`` reads the store
+(``dfsearch.store``), aligns it, optionally keeps the ``nbest`` best candidates, selects, evaluates,
+writes ``out_dir/ensemble.json`` (atomically) and the plots, and returns the JSON-ready dict.
+``format_summary(result)`` is the short table the ``ensemble`` command prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from dfsearch.ensemble.alignment import align
+from dfsearch.ensemble.evaluation import evaluate
+from dfsearch.ensemble.plots import write_plots
+from dfsearch.ensemble.selection import check_args, rank_candidates, select
+from dfsearch.errors import DfsearchError
+from dfsearch.store import read_candidates, read_predictions
+
+
+def _jsonable(x):
+    """NaN/inf -> None, numpy scalars -> Python, recursively."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    return x
+
+
+def run_ensemble(predictions_dir, *, top_k: int = 4, rounds: int = 50, metric: str = "accuracy",
+                 nbest: int | None = None, out_dir) -> dict:
+    """Select an ensemble from the store in ``predictions_dir`` and report it.
+
+    ``nbest`` limits the pool to the N best candidates by individual val score first (like
+    auto-sklearn's ``ensemble_nbest``). Writes ``out_dir/ensemble.json`` (the returned dict),
+    ``roc.png``, ``confusion.png`` and ``trajectory.png``.
+    """
+    check_args(top_k, rounds, metric)
+    if nbest is not None and (not isinstance(nbest, (int, np.integer)) or nbest < 1):
+        raise DfsearchError(f"nbest must be an integer >= 1 (pool size limit) or None, got {nbest!r}")
+    pool = align(read_predictions(predictions_dir))
+    if nbest is not None and nbest < len(pool.candidates):
+        pool = pool.subset(rank_candidates(pool.P["val"], pool.y["val"], metric)[:nbest])
+    selection = select(pool.P["val"], pool.y["val"], top_k=top_k, rounds=rounds, metric=metric)
+    ev = evaluate(pool, selection, top_k)
+
+    info = {}
+    cands = read_candidates(predictions_dir)
+    if cands is not None:
+        for row in cands.itertuples(index=False):
+            info[str(row.candidate)] = {"arch": row.arch, "checkpoint": row.checkpoint}
+    members = [
+        {"candidate": pool.candidates[i],
+         "arch": info.get(pool.candidates[i], {}).get("arch"),
+         "checkpoint": info.get(pool.candidates[i], {}).get("checkpoint"),
+         "weight": w}
+        for i, w in sorted(selection.weights.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    result = {
+        "members": members,
+        "metric": metric,
+        "top_k": int(top_k),
+        "rounds": int(rounds),
+        "best_round": selection.best_round,
+        "nbest": nbest,
+        "pool_size": len(pool.candidates),
+        "excluded_non_finite": [pool.candidates[i] for i in selection.excluded],
+        "trajectory": [{**r, "candidate": pool.candidates[r["candidate"]]} for r in selection.trajectory],
+        "ensemble": ev["ensemble"],
+        "best_single": {k: v for k, v in ev["best_single"].items() if k != "index"},
+        "naive_top_k": {k: v for k, v in ev["naive_top_k"].items() if k != "indices"},
+        "source": str(predictions_dir),
+    }
+    result = _jsonable(result)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "ensemble.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out / "ensemble.json")
+    write_plots(out, pool, selection, result)
+    return result
+
+
+def format_summary(result: dict) -> str:
+    """A short terminal summary of a :func:`run_ensemble` result."""
+    lines = [f"ensemble: {len(result['members'])} member(s), metric {result['metric']}, "
+             f"top_k {result['top_k']}, best prefix {result.get('best_round', '?')}/{result['rounds']} rounds"]
+    for m in result["members"]:
+        arch = f"  [{m['arch']}]" if m.get("arch") else ""
+        lines.append(f"  {m['weight']:6.3f}  {m['candidate']}{arch}")
+
+    def fmt(v):
+        return "   n/a" if v is None else f"{v:6.4f}"
+
+    lines.append(f"{'test':<28}{'accuracy':>10}{'roc_auc':>10}{'log_loss':>10}")
+    rows = [("ensemble", result["ensemble"]["test"]),
+            (f"best single ({result['best_single']['candidate']})", result["best_single"]["test"]),
+            (f"naive top-{len(result['naive_top_k']['candidates'])} average", result["naive_top_k"]["test"])]
+    for name, m in rows:
+        name = name if len(name) <= 27 else name[:24] + "..."
+        lines.append(f"{name:<28}{fmt(m['accuracy']):>10}{fmt(m['roc_auc']):>10}{fmt(m['log_loss']):>10}")
+    return "\n".join(lines)
