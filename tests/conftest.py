@@ -114,11 +114,12 @@ def clean_dir(tmp_path):
 
 def pytest_collection_modifyitems(config, items):
     """Tiers and groups. Every test that needs the session's Ray (``ray_local``) is ``slow`` and
-    in the xdist group ``ray``: one Ray per test process, and the Ray tests of a run all in one
-    process (``--dist loadgroup``) while the other runs the rest. A test that starts Ray in a
+    in an xdist group named ``ray*`` (``--dist loadgroup`` keeps a group in one test process: one
+    session Ray per group, the groups side by side). A test that starts Ray in a
     subprocess says so with ``@pytest.mark.slow`` itself."""
     for item in items:
         if "ray_local" in item.fixturenames:
             item.add_marker(pytest.mark.slow)
             groups = [m.args[0] for m in item.iter_markers("xdist_group")]
-            assert "ray" in groups, f"{item.nodeid} uses ray_local: put it in xdist_group('ray')"
+            assert any(g.startswith("ray") for g in groups), \
+                f"{item.nodeid} uses ray_local: put it in an xdist_group named ray*"

@@ -38,7 +38,7 @@ def _main(argv) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
-pytestmark = pytest.mark.xdist_group("ray")  # the session Ray (conftest)
+pytestmark = pytest.mark.xdist_group("ray-ensemble")  # its own session Ray, beside the "ray" group
 
 
 @pytest.fixture(scope="module")

@@ -238,65 +238,6 @@ def _remote_checkpoints(target, trial_ids) -> dict:
     return {tid: sorted({f.split("/")[1] for f in files if f.startswith(f"{tid}/checkpoint_")}) for tid in trial_ids}
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("subprocess")  # its own Ray, in subprocesses: beside the "ray" group
-def test_killed_search_resumes_from_the_bucket_without_losing_or_repeating_trials(easy_data, tmp_path, request):
-    """Kill a real search with an s3:// --out (driver and its local Ray, SIGKILL) after two trials,
-    delete the local staging copy (a new driver machine), then --resume: everything comes back
-    from the bucket, nothing is lost or re-run. (A local --out: the scenario test below.)"""
-    where = "s3"
-    out, env = str(tmp_path), {**os.environ, "PYTHONPATH": str(REPO), "DFSEARCH_CACHE": str(tmp_path / "cache")}
-    if where == "s3":
-        out = f"s3://{S3_BUCKET}/{tmp_path.name}{request.getfixturevalue('s3_server')}"
-    cmd = [sys.executable, str(REPO / "run_search.py"), "--space", "cnn", "--data", str(easy_data),
-           "--out", out, "--name", "r", "--num-samples", "4", "--max-epochs", "1",
-           "--workers-per-trial", "1", "--max-concurrent", "1", "--no-dashboard", "--wandb-mode", "disabled"]
-    run = tmp_path / "r"
-    if where == "s3":
-        target = remote.open_uri(remote.join(out, "r"))
-        os.environ["DFSEARCH_CACHE"] = env["DFSEARCH_CACHE"]  # the same staging folder as the subprocess
-        try:
-            run = remote.staging_dir(target.uri)
-        finally:
-            del os.environ["DFSEARCH_CACHE"]
-    with open(tmp_path / "first.log", "w") as log:
-        p = subprocess.Popen(cmd, start_new_session=True, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + 400
-        progress = run / PROGRESS_FILE
-        while time.time() < deadline and p.poll() is None:
-            if progress.exists() and len(progress.read_text().splitlines()) >= 2:
-                break
-            time.sleep(1)
-        time.sleep(5)  # > TUNE_GLOBAL_CHECKPOINT_S: Tune has saved the two finished trials
-        assert p.poll() is None, "the search ended before it could be killed"
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
-    before = [json.loads(line) for line in progress.read_text().splitlines()]
-    done_before = {b["trial_id"] for b in before}
-    kept = _checkpoints(run, done_before)
-    assert not (run / TRIALS_FILE).exists()
-    if where == "s3":
-        assert _remote_checkpoints(target, done_before) == kept  # pruned there too
-        shutil.rmtree(run)
-
-    res = subprocess.run(cmd + ["--resume", "--json"], capture_output=True, text=True, env=env, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    report = json.loads(res.stdout.strip().splitlines()[-1])
-    t = pd.read_parquet(run / TRIALS_FILE)
-    assert len(t) == 4 and t.trial_id.is_unique and report["trials"] == 4
-    assert set(t.status) <= {"completed", "pruned"}
-    assert done_before <= set(t.trial_id)
-    assert {tid: v for tid, v in _checkpoints(run, done_before).items()} == kept  # not re-run: no new ones
-    study = optuna.load_study(study_name="r", storage=f"sqlite:///{run / 'optuna.db'}")
-    finished = [tr for tr in study.trials if tr.state.is_finished()]
-    assert len(finished) >= 4  # the study went on from where it was
-    if where == "s3":
-        assert report["copied"] and report["uri"] == target.uri
-        assert _remote_checkpoints(target, done_before) == kept
-        with target.fs.open_input_file(f"{target.path}/{TRIALS_FILE}") as f:
-            assert pd.read_parquet(f).trial_id.tolist() == t.trial_id.tolist()
-
-
 def _running_trial(run: Path) -> str | None:
     """Once a trial has ended: a trial that has not and whose first epoch Tune has recorded."""
     ended = {json.loads(line)["trial_id"] for line in (run / PROGRESS_FILE).read_text().splitlines()} \
@@ -389,10 +330,14 @@ def test_ctrl_c_then_resume_then_a_kill_then_resume_loses_and_repeats_nothing(ea
 def test_search_to_s3_leaves_everything_there_for_ensemble_and_predict_elsewhere(
         ray_local, easy_data, tmp_path, s3_server, monkeypatch, capsys, faults):
     """``--out s3://...`` with the pool's workers writing to a disk the driver cannot see (as on
-    another node of a cluster): the driver gets every trial through the bucket, and afterwards the
-    bucket holds the whole run (tables, study, store, the best checkpoint of each trial, W&B offline
-    runs); with no local copy left, ``ensemble.py --run URI`` and ``dfsearch predict --ensemble
-    URI`` work from the bucket alone."""
+    another node of a cluster). The search is interrupted once a trial has ended, its local
+    staging copy deleted (a new driver machine), and ``--resume`` continues it from the bucket
+    alone: no trial lost or repeated. Afterwards the bucket holds the whole run (tables, study,
+    store, the best checkpoint of each trial, W&B offline runs); with no local copy left,
+    ``ensemble.py --run URI`` and ``dfsearch predict --ensemble URI`` work from the bucket alone.
+    (SIGKILL and resume: the local scenario test; the bucket path is the same.)"""
+    import threading
+
     import numpy as np
 
     from dfsearch.cli import main as dfsearch_main
@@ -401,14 +346,33 @@ def test_search_to_s3_leaves_everything_there_for_ensemble_and_predict_elsewhere
     monkeypatch.setenv("DFSEARCH_CACHE", str(tmp_path / "cache"))
     faults({"pool": {"kind": "elsewhere", "root": str(tmp_path / "node2")}})
     out = f"s3://{S3_BUCKET}/{tmp_path.name}/runs{s3_server}"
+    target = remote.open_uri(remote.join(out, "s3run"))
+    staged = remote.staging_dir(target.uri)
+    argv = ["--space", "cnn", "--data", easy_data, "--out", out, "--name", "s3run", "--num-samples", 3,
+            "--max-epochs", 2, "--workers-per-trial", 1, "--max-concurrent", 1, "--wandb-mode", "offline",
+            "--seed", 5, "--json"]
+
+    def interrupt_once_a_trial_ended():
+        progress = staged / PROGRESS_FILE
+        while not (progress.exists() and progress.read_text().strip()):
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: the search's handler takes it
+
+    threading.Thread(target=interrupt_once_a_trial_ended, daemon=True).start()
+    with open(tmp_path / "first.json", "w") as report_to:
+        assert driver.run(_args(argv), report_to=report_to) == 130
+    first = json.loads((tmp_path / "first.json").read_text())
+    ended = {json.loads(line)["trial_id"] for line in (staged / PROGRESS_FILE).read_text().splitlines()}
+    assert first["interrupted"] == "SIGINT" and first["copied"] and ended
+    kept = _remote_checkpoints(target, ended)
+    shutil.rmtree(tmp_path / "cache")  # a new driver machine: nothing local
+
     with open(tmp_path / "r.json", "w") as report_to:
-        rc = driver.run(_args(["--space", "cnn", "--data", easy_data, "--out", out, "--name", "s3run",
-                               "--num-samples", 3, "--max-epochs", 2, "--workers-per-trial", 1,
-                               "--max-concurrent", 1, "--wandb-mode", "offline", "--seed", 5, "--json"]),
-                        report_to=report_to)
+        rc = driver.run(_args(argv + ["--resume"]), report_to=report_to)
     assert rc == 0
     report = json.loads((tmp_path / "r.json").read_text())
-    target = remote.open_uri(remote.join(out, "s3run"))
+    assert report["trials"] == 3 and report["finished"] == 3
+    assert _remote_checkpoints(target, ended) == kept  # the trials that had ended were not re-run
     assert report["copied"] and report["uri"] == target.uri and target.uri in report["next"]
     files, _ = remote._remote_entries(target, ())
     for name in (TRIALS_FILE, store.PREDICTIONS_FILE, store.CANDIDATES_FILE, "optuna.db", "tuner.pkl",
@@ -519,9 +483,13 @@ def test_a_search_runs_on_an_existing_cluster_given_by_address_and_never_joins_o
             os.killpg(head.pid, signal.SIGKILL)
     try:
         assert (ray_tmp / "ray" / "ray_current_cluster").exists()  # what plain ray.init() would try to join
-        res = subprocess.run(cmd + ["--name", "b"], capture_output=True, text=True, env=env, timeout=600)
+        # how every command starts Ray without --address (the search: driver._start_ray); a whole
+        # search here would only repeat the cluster run above
+        code = ("from dfsearch.cluster import init_ray; import ray; assert init_ray(None, num_cpus=1, "
+                "include_dashboard=False); print(ray.get_runtime_context().gcs_address)")
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
-        assert json.loads(res.stdout)["finished"] == 2
+        assert not res.stdout.strip().endswith(f":{port}"), res.stdout  # a fresh local Ray, not the dead cluster
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
