@@ -7,11 +7,6 @@ from typing import Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 METRICS = ("val_acc", "val_auc", "val_loss")
-# timm optimizers a trial may use (tests/test_models.py checks each against timm.optim.list_optimizers()).
-# A list here, not timm's own: importing timm.optim imports torch (~5 s), and a bad value must be
-# refused at once, before any of that.
-OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nadam", "nadamw", "radam", "rmsprop", "lamb", "lars",
-              "adafactor", "adabelief", "lion", "adan", "adopt")
 # The timm optimizers (``timm.optim.create_optimizer_v2(opt=...)``) a trial may use. A constant, not
 # ``timm.optim.list_optimizers()``: that imports torch (seconds), and this check runs at the CLI
 # boundary before torch; the constant also leaves out timm's names that need optional packages

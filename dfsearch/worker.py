@@ -17,8 +17,9 @@ The loop talks to whoever runs it through a small session object: ``RayTrainSess
 ``TorchTrainer`` per run: resume from ``ray.train.get_checkpoint()``, report with
 ``ray.train.report``) or ``dfsearch.pool.runner.PoolSession`` (a warm pool runs trial after trial).
 A session has ``resume()`` (a context giving the folder to restore from, or None),
-``checkpoint_dir(epoch)`` (a context giving a folder to save into) and ``report(metrics, folder)``
-(returns False when the trial must stop). Which checkpoint is kept is ``dfsearch.checkpoint_policy``'s.
+``checkpoint_dir(epoch)`` (a context giving a folder to save into), ``report(metrics, folder)``
+(returns False when the trial must stop) and ``pg_id`` (its placement group, for a search to free;
+"" when nobody may). Which checkpoint is kept is ``dfsearch.checkpoint_policy``'s.
 """
 
 from __future__ import annotations
@@ -345,7 +346,7 @@ def train_loop(cfg: dict, session=None) -> None:
         p_val, v = evaluate(t, t.val)
         metrics = {"epoch": epoch + 1, **train, "val_loss": v["loss"], "val_acc": v["acc"], "val_auc": v["auc"],
                    "trainable_params": t.freeze_info["trainable_params"], "nan_loss": False,
-                   "pg_id": getattr(session, "pg_id", ""), "worker_pid": os.getpid()}
+                   "pg_id": session.pg_id, "worker_pid": os.getpid()}
         if not (math.isfinite(train["train_loss"]) and math.isfinite(v["loss"])):
             metrics.update(nan_loss=True, val_loss=float("nan"), val_acc=0.0, val_auc=0.0,
                            **{checkpoint_policy.SCORE_KEY: -math.inf})

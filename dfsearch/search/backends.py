@@ -89,14 +89,13 @@ class TrainerBackend:
 
         thread = threading.Thread(target=fit, name=f"fit-{trial_id}", daemon=True)
         thread.start()
-        try:
-            while thread.is_alive() or not reports.empty():
-                try:
-                    yield reports.get(timeout=1.0)
-                except Empty:
-                    continue
-        finally:
-            thread.join(timeout=0 if thread.is_alive() else None)
+        # if Tune stops reading (ASHA), the trainable ends and the run with it: nothing to wait for
+        while thread.is_alive() or not reports.empty():
+            try:
+                yield reports.get(timeout=1.0)
+            except Empty:
+                continue
+        thread.join()
         error = done.get("error") or getattr(done.get("result"), "error", None)
         if error is not None:
             raise TrialError(str(error)) from error
