@@ -10,15 +10,15 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile -e '.[dev]'  # --no-compile: Python compiles what it imports, on first use
+	$(PY) -m pip install -q -e '.[dev]'  # pip compiles to .pyc: with PYTHONDONTWRITEBYTECODE set (as on CI) nothing else would, and every Ray worker would compile torch and ray again at import
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) run_search.py --space all_models
+	$(PY) run_search.py --space demo
 	$(PY) ensemble.py --top-k 4
 
 test: $(STAMP)   # the full suite, what CI runs: two processes, the Ray-heavy groups apart (tests/conftest.py)
-	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadgroup
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadgroup --no-loadscope-reorder
 
 test-fast: $(STAMP)   # the fast tier, for iteration: no test that starts Ray or a search
 	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 -m "not slow"

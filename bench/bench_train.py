@@ -68,6 +68,7 @@ if str(ROOT) not in sys.path:
 from dfsearch import models  # noqa: E402
 from dfsearch.config import TrainConfig  # noqa: E402
 from dfsearch.data.loading import Augment, ImageList, build_transform, make_loader  # noqa: E402
+from dfsearch.data.views import View  # noqa: E402
 
 BATCH = 64
 IMG = 64
@@ -310,7 +311,7 @@ def bench_ray_vs_plain(archs, index, steps, repeats, work: Path) -> dict:
 
 def preload(ds: ImageList, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode and normalise every image once (evaluation transform: no per-batch work left)."""
-    tf = build_transform(IMG, mean, std, None)
+    tf = build_transform(View("resize", IMG), mean, std, None)
     eval_ds = ImageList(ds.root, ds.items, tf)
     xs, ys = [], []
     for i in range(len(eval_ds)):
@@ -342,7 +343,7 @@ def bench_loader_vs_preloaded(archs, index, steps, repeats) -> dict:
         model.train()
         dc = models.data_config(arch, IMG)
         ds = ImageList(index.root, index.splits["train"],
-                       build_transform(IMG, dc["mean"], dc["std"], Augment(**c.aug.model_dump())))
+                       build_transform(View("resize", IMG), dc["mean"], dc["std"], Augment(**c.aug.model_dump())))
         loader = make_loader(ds, batch_size=BATCH, rank=0, world=1, shuffle=True, seed=0)
         t0 = time.perf_counter()
         X, Y = preload(ds, dc["mean"], dc["std"])

@@ -1,6 +1,6 @@
 """dfsearch: deepfake-detector search, ensembling and prediction.
 
-Subcommands ``inspect``, ``synth``, ``train``, ``search``, ``ensemble``, ``predict``: each parses its
+Subcommands ``inspect``, ``synth``, ``models``, ``train``, ``search``, ``ensemble``, ``predict``: each parses its
 flags here (or in its own ``*_cli`` module) and hands plain values to one module."""
 
 from __future__ import annotations
@@ -41,11 +41,43 @@ def _add_synth(sub):
     p.set_defaults(func=lambda a: __import__("dfsearch.data.synth", fromlist=["run"]).run(a))
 
 
+def _add_models(sub):
+    p = sub.add_parser("models", help="the architectures dfsearch can search: sizes, layer groups, weights")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=_models)
+
+
+def _models(args) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from dfsearch import models
+
+    names = models.known_archs()
+    rows = [models.describe(a) for a in tqdm(names, desc="architectures", file=sys.stderr, disable=args.json)]
+    if args.json:
+        print(json.dumps({"models": rows}))
+        return 0
+    import pandas as pd
+
+    table = pd.DataFrame([{
+        "name": r["name"], "family": r["family"], "source": r["source"], "params": f"{r['params'] / 1e6:.2f}M",
+        "groups": r["groups"], "input": r["input_size"], "min": r["min_img_size"],
+        "pretrained": ", ".join(r["pretrained_tags"]) or "-"} for r in rows])
+    print(table.to_string(index=False, max_colwidth=60))
+    print(f"{len(rows)} architectures. input: the side their pretrained weights were trained at; min: the "
+          f"smallest side they accept; groups: the upper bound of unfrozen; pretrained: tags for "
+          f"`pretrained:` (true = the first), or give a weights file or directory (<dir>/<arch>.safetensors)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dfsearch", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_inspect(sub)
     _add_synth(sub)
+    _add_models(sub)
     train_cli.add_parser(sub)
     _add_search(sub)
     ensemble_cli.add_parser(sub)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -47,6 +47,11 @@ class TrainConfig(BaseModel):
     pretrained: Union[bool, str] = False
     num_classes: Literal[1, 2] = 1
     img_size: int = Field(64, ge=16, le=1024)
+    # what the network sees (dfsearch.data.views): auto -> crop at native resolution when the
+    # images are large enough, else resize; the worker records the concrete policy it used
+    input_policy: Literal["auto", "crop", "resize", "native"] = "auto"
+    eval_view: Literal["center", "tiles"] = "center"
+    eval_tiles: int = Field(2, ge=1, le=8)  # tiles per side for eval_view tiles
     unfrozen: Union[int, Literal["all"]] = "all"
     epochs: int = Field(3, ge=1, le=1000)
     batch_size: int = Field(64, ge=1, le=4096)
@@ -54,6 +59,9 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(1e-4, ge=0, le=10)
     optimizer: str = "adamw"
     warmup_epochs: float = Field(0.0, ge=0)
+    # layer-wise lr decay (timm param_groups_layer_decay, BEiT): each group below the head
+    # learns layer_decay times slower than the one above it; None: one lr for all
+    layer_decay: Optional[float] = Field(None, gt=0, le=1)
     aug: AugConfig = Field(default_factory=AugConfig)
     seed: int = Field(0, ge=0)
     oversample: bool = False
@@ -65,7 +73,7 @@ class TrainConfig(BaseModel):
     def _check(self):
         from dfsearch import models  # the registry: torch-free
 
-        models.validate(self.arch, self.num_classes, self.img_size)  # DfsearchError names the arch
+        models.validate(self.arch, self.num_classes, self.img_size, self.pretrained)  # DfsearchError names the arch
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer {self.optimizer!r} is not accepted; accepted: {', '.join(OPTIMIZERS)}")
         if self.warmup_epochs >= self.epochs:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dfsearch.data.views import View
 from dfsearch.errors import DfsearchError
 
 THRESHOLD = 0.5
@@ -36,7 +37,7 @@ class Member:
     weight: float
     checkpoint: str
     arch: str
-    img_size: int
+    view: View  # what the member's network saw in evaluation: predict shows it the same
     mean: tuple
     std: tuple
     model: object = field(repr=False)  # torch.nn.Module in eval mode
@@ -44,11 +45,12 @@ class Member:
     @property
     def preprocessing(self) -> tuple:
         """Members with equal preprocessing share one transformed batch."""
-        return (self.img_size, self.mean, self.std)
+        return (self.view, self.mean, self.std)
 
     def describe(self) -> dict:
         return {"candidate": self.candidate, "weight": self.weight, "checkpoint": self.checkpoint,
-                "arch": self.arch, "img_size": self.img_size, "mean": list(self.mean), "std": list(self.std)}
+                "arch": self.arch, "img_size": self.view.img_size, "input_policy": self.view.policy,
+                "eval_view": self.view.eval_view, "mean": list(self.mean), "std": list(self.std)}
 
 
 def _read_ensemble(path: Path) -> dict:
@@ -107,8 +109,11 @@ def load_members(ensemble_json_path, device: str = "cpu") -> list[Member]:
             raise DfsearchError(f"member {name!r}: unusable checkpoint {ckpt}: {e}") from None
         data, train = config.get("data", {}), config["train"]
         size = int(data["input_size"][-1]) if data.get("input_size") else int(train["img_size"])
+        # a checkpoint from before input policies was trained on resized images
+        view = View(train.get("input_policy", "resize"), size, train.get("eval_view", "center"),
+                    int(train.get("eval_tiles", 2)))
         members.append(Member(candidate=name, weight=float(m["weight"]) / total, checkpoint=str(ckpt),
-                              arch=str(train.get("arch", "")), img_size=size, mean=tuple(data["mean"]),
+                              arch=str(train.get("arch", "")), view=view, mean=tuple(data["mean"]),
                               std=tuple(data["std"]), model=model))
     return members
 
@@ -143,7 +148,7 @@ def predict_images(members: list[Member], files: list[Path], batch_size: int = 6
 
     from dfsearch.data.images import UnreadableImage, open_rgb
     from dfsearch.data.loading import build_transform
-    from dfsearch.models import prob_fake
+    from dfsearch.data.views import predict_probs
 
     transforms = {m.preprocessing: build_transform(*m.preprocessing) for m in members}
     predictions, errors = [], []
@@ -162,7 +167,7 @@ def predict_images(members: list[Member], files: list[Path], batch_size: int = 6
             p = np.zeros(len(images), dtype=np.float64)
             with torch.no_grad():
                 for m in members:
-                    p += m.weight * prob_fake(m.model(x[m.preprocessing])).cpu().numpy().astype(np.float64)
+                    p += m.weight * predict_probs(m.model, x[m.preprocessing]).cpu().numpy().astype(np.float64)
             for f, pf in zip(good, p):
                 predictions.append({"path": str(f), "prob_fake": float(pf),
                                     "label": "fake" if pf >= THRESHOLD else "real"})

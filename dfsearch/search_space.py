@@ -18,7 +18,15 @@ A space file::
         aug: {hflip: {choice: [0.0, 0.5]}, rotation: {uniform: [0, 10]}, ...}
 
 or a family file that reuses another: ``base: all_models.yaml`` plus ``only: [resnet18]`` (and
-optionally its own ``metric`` / ``prune_metric`` / ``profiles``).
+optionally its own ``metric`` / ``prune_metric`` / ``profiles`` / ``archs``, which replace the base's
+entry of that arch). Top-level keys starting with ``x-`` are ignored: they hold blocks that YAML
+anchors share between archs (``x-aug: &aug {...}``, then ``aug: *aug``).
+
+Per arch besides the optimiser ranges: ``pretrained`` (false, true = the arch's default tag, a tag
+of ``dfsearch models``, a weights file or a directory of ``<arch>.safetensors``), ``layer_decay``,
+``input_policy`` (auto | crop | resize | native: ``dfsearch.data.views``), ``eval_view``
+(center | tiles), ``eval_tiles``. A profile's ``img_size`` is raised to an arch's minimum where it
+is below it (``models.fit_img_size``).
 
 A parameter is a constant or one of ``{log_uniform: [lo, hi]}``, ``{uniform: [lo, hi]}``,
 ``{int: [lo, hi]}`` (hi may be ``all`` for ``unfrozen``), ``{choice: [a, b, ...]}``.
@@ -35,13 +43,14 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dfsearch import models
 from dfsearch.config import AugConfig, TrainConfig
 from dfsearch.errors import DfsearchError
 from dfsearch.paths import SPACES_DIR
 
 KINDS = ("log_uniform", "uniform", "int", "choice")
 TUNABLE = ("lr", "weight_decay", "unfrozen", "batch_size", "optimizer", "warmup_epochs", "pretrained",
-           "num_classes", "oversample")
+           "num_classes", "oversample", "layer_decay", "input_policy", "eval_view", "eval_tiles")
 AUG_KEYS = tuple(AugConfig.model_fields)
 
 
@@ -90,12 +99,27 @@ class Space:
             raise DfsearchError(f"{self.path}: no profile {name!r}; available: {', '.join(self.profiles)}")
         return self.profiles[name]
 
+    def check_views(self, profile_name: str, image_sizes) -> None:
+        """DfsearchError when an input policy of the space cannot work on images of
+        ``image_sizes`` at the profile's size (a crop larger than the images, ``native`` on mixed
+        sizes): before any trial starts."""
+        from dfsearch.data import views
+
+        sizes = list(image_sizes)
+        size = self.profile(profile_name).img_size
+        for arch, params in self.archs.items():
+            spec = params.get("input_policy", "auto")
+            policies = spec[1] if isinstance(spec, tuple) else [spec]
+            for policy in policies:
+                views.resolve(policy, models.fit_img_size(arch, size), sizes,
+                              where=f"{self.path}: field archs.{arch}.input_policy (profile {profile_name})")
+
     def train_config(self, config: dict, profile: Profile, seed: int = 0) -> TrainConfig:
         """The TrainConfig of one trial from Tune's (unflattened) config."""
         arch = config["arch"]
         params = dict(config.get(arch, {}))
         aug = params.pop("aug", {})
-        return TrainConfig(arch=arch, img_size=profile.img_size, epochs=profile.max_epochs,
+        return TrainConfig(arch=arch, img_size=models.fit_img_size(arch, profile.img_size), epochs=profile.max_epochs,
                            metric=self.metric, seed=seed, aug=AugConfig(**aug),
                            loader_workers=profile.loader_workers, **params)
 
@@ -122,6 +146,7 @@ def _read(path: Path) -> SpaceFile:
         raise DfsearchError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise DfsearchError(f"{path}: expected a mapping with keys metric, profiles, archs (or base, only)")
+    raw = {k: v for k, v in raw.items() if not str(k).startswith("x-")}  # blocks for YAML anchors
     try:
         return SpaceFile(**raw)
     except ValidationError as e:
@@ -212,6 +237,7 @@ def _check_arch(path: Path, arch: str, params: dict) -> dict:
         aug = {k: v[min(i, len(v) - 1)] for k, v in aug_corners.items()}
         try:
             TrainConfig(arch=arch, epochs=max(2, math.ceil(float(pick.get("warmup_epochs", 0))) + 1),
+                        img_size=models.fit_img_size(arch, TrainConfig.model_fields["img_size"].default),
                         aug=AugConfig(**aug), **pick)
         except ValidationError as e:
             err = e.errors()[0]

@@ -42,6 +42,8 @@ from dfsearch import checkpoint as ckpt_io
 from dfsearch import checkpoint_policy, models, store
 from dfsearch import metrics as M
 from dfsearch.config import TrainConfig
+from dfsearch.data import views
+from dfsearch.data.images import sample_sizes
 from dfsearch.data.loading import Augment, ImageList, build_transform, make_loader
 
 
@@ -134,7 +136,8 @@ def make_optimizer(model, c: TrainConfig, steps_per_epoch: int):
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
-    optimizer = create_optimizer_v2(model, opt=c.optimizer, lr=c.lr, weight_decay=c.weight_decay)
+    optimizer = create_optimizer_v2(model, opt=c.optimizer, lr=c.lr, weight_decay=c.weight_decay,
+                                    layer_decay=c.layer_decay)
     scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=c.epochs,
                                        warmup_epochs=c.warmup_epochs, warmup_lr=c.lr * 0.01,
                                        min_lr=c.lr * 0.01, step_on_epochs=False,
@@ -149,14 +152,18 @@ def _split(index, name: str, transform) -> Split:
 
 def build(c: TrainConfig, index, candidate: str, rank: int, world: int, device: torch.device,
           max_train_batches: int | None = None) -> Trial:
+    # the concrete input policy (auto -> crop or resize) from the training images' sizes, recorded
+    # in the checkpoint's config: evaluation and predict use the same view
+    view = views.view_of(c, sample_sizes(index.root, [sid for sid, _ in index.splits["train"]]))
+    c = c.model_copy(update=dict(input_policy=view.policy, img_size=view.img_size))
     random_seed(c.seed, 0)  # identical initial weights on every rank
     model = models.create(c.arch, pretrained=c.pretrained, num_classes=c.num_classes, img_size=c.img_size)
     freeze_info = models.freeze_to_top(model, c.unfrozen)
     dc = models.data_config(c.arch, c.img_size)
     train_items = index.splits["train"]
     train_ds = ImageList(index.root, train_items,
-                         build_transform(c.img_size, dc["mean"], dc["std"], Augment(**c.aug.model_dump())))
-    eval_tf = build_transform(c.img_size, dc["mean"], dc["std"], None)
+                         build_transform(view, dc["mean"], dc["std"], Augment(**c.aug.model_dump())))
+    eval_tf = build_transform(view, dc["mean"], dc["std"], None)
     loader = make_loader(train_ds, batch_size=c.batch_size, rank=rank, world=world, shuffle=True, seed=c.seed,
                          workers=c.loader_workers, pin_memory=device.type == "cuda", oversample=c.oversample)
     steps = min(len(loader), max_train_batches or len(loader))
@@ -230,8 +237,8 @@ def predict_split(model, dataset, *, batch_size, rank, world, device, amp, worke
         if x is None:
             continue
         with _autocast(device, amp):
-            logits = model(x.to(device, non_blocking=True))
-        p_all.append(models.prob_fake(logits).cpu().numpy())
+            p = views.predict_probs(model, x.to(device, non_blocking=True))
+        p_all.append(p.cpu().numpy())
         idx_all.append(idx.numpy())
     mine = (np.concatenate(idx_all) if idx_all else np.zeros(0, int),
             np.concatenate(p_all) if p_all else np.zeros(0, np.float32), bad)

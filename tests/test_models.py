@@ -37,8 +37,33 @@ def test_every_arch_builds_and_outputs_the_right_shape(arch, num_classes):
     assert p.shape == (3,) and ((p >= 0) & (p <= 1)).all()
 
 
-def test_registry_has_the_documented_archs():
-    assert {"small_cnn", "resnet18", "mobilenetv2_100", "vit_tiny_patch16_224"} <= set(models.known_archs())
+SEED_ARCHS = {"small_cnn", "resnet18", "resnet50", "mobilenetv2_100", "efficientnet_b0", "legacy_xception", "vgg16",
+              "vgg19", "densenet121", "inception_v3", "vit_tiny_patch16_224", "vit_small_patch16_224",
+              "vit_base_patch16_224", "swin_tiny_patch4_window7_224", "alexnet", "capsnet"}
+
+
+def test_registry_has_every_seed_architecture():
+    assert set(models.known_archs()) == SEED_ARCHS
+
+
+@pytest.mark.parametrize("arch", models.known_archs())
+def test_registry_facts_are_true(arch):
+    """What the registry states without torch (groups, sizes, tags) is what the model and timm say."""
+    spec = models.get_spec(arch)
+    d = models.describe(arch)  # built on the meta device
+    assert d["groups"] == spec.groups == models.num_groups(arch)
+    if spec.timm_name:
+        cfg = timm.get_pretrained_cfg(spec.timm_name)
+        assert cfg.input_size[-1] == spec.input_size
+        published = {n.split(".", 1)[1] for n in timm.list_pretrained(spec.timm_name + ".*")}
+        assert set(spec.pretrained_tags) <= published and spec.pretrained_tags[0] == cfg.tag  # timm's default first
+        assert tuple(d["mean"]) == tuple(cfg.mean)
+    if spec.min_img_size > 16:  # one pixel less does not build or run (16: TrainConfig's own floor)
+        below = spec.min_img_size - 1
+        with pytest.raises(Exception):
+            m = models.create(arch, img_size=spec.size_multiple * (below // spec.size_multiple) or below).eval()
+            with torch.no_grad():
+                m(torch.randn(1, 3, below, below))
 
 
 def test_unknown_arch_lists_known_ones():
@@ -71,15 +96,47 @@ def test_data_config():
 
 
 def test_num_groups_matches_layer_groups():
-    expected = {"resnet18": 6, "small_cnn": 4}  # stem, layer1..4, fc / stem, 2 blocks, fc
+    expected = {"resnet18": 6, "small_cnn": 4, "capsnet": 3}  # stem, layer1..4, fc / stem, 2 blocks, fc / stem, primary, class caps
     for arch, n in expected.items():
         assert models.num_groups(arch) == n
     for arch in models.known_archs():
-        m = models.create(arch, img_size=max(64, models.get_spec(arch).min_img_size))
+        with torch.device("meta"):
+            m = models.create(arch, img_size=models.fit_img_size(arch, 64))
         assert len(models.layer_groups(m)) == models.num_groups(arch)
         # every parameter is in exactly one group
         names = [n for g in models.layer_groups(m).values() for n in g]
         assert sorted(names) == sorted(n for n, _ in m.named_parameters())
+
+
+def test_capsule_routing_on_cases_with_known_output():
+    from dfsearch.models.capsnet import route, squash
+
+    s = torch.tensor([[3.0, 4.0]])  # |s| = 5: squash keeps the direction, length 25 / 26
+    torch.testing.assert_close(squash(s), s / 5 * 25 / 26)
+    # one output capsule: every coupling is 1, whatever the routing: v = squash(sum of predictions)
+    u_hat = torch.randn(2, 7, 1, 4)
+    torch.testing.assert_close(route(u_hat, 3), squash(u_hat.sum(dim=1)))
+    # one iteration: uniform couplings over the J outputs
+    u_hat = torch.randn(2, 5, 3, 4)
+    torch.testing.assert_close(route(u_hat, 1), squash(u_hat.sum(dim=1) / 3))
+    # agreement: 9 inputs predict e0 for output 0 and noise for output 1; one input predicts e1 for
+    # output 1. Routing moves the agreeing inputs' coupling to output 0: v0 grows, v1 shrinks
+    e0, e1 = torch.eye(2)
+    u_hat = torch.zeros(1, 10, 2, 2)
+    u_hat[0, :9, 0] = e0
+    u_hat[0, :9, 1] = 0.3 * torch.randn(9, 2, generator=torch.Generator().manual_seed(0))
+    u_hat[0, 9, 1] = e1
+    one, three = route(u_hat, 1).norm(dim=-1)[0], route(u_hat, 3).norm(dim=-1)[0]
+    assert three[0] > one[0] and three[1] < one[1]
+
+
+def test_capsnet_head_is_the_difference_of_capsule_lengths():
+    torch.manual_seed(0)
+    m = models.create("capsnet", img_size=32).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        lengths = m.capsules(x).norm(dim=-1)
+        torch.testing.assert_close(m(x), m.scale * (lengths[:, 1:] - lengths[:, :1]))
 
 
 # ----------------------------------------------------------------------------- freezing
@@ -262,7 +319,7 @@ def test_pretrained_from_weights_directory(tmp_path, imagenet_resnet18):
     d = tmp_path / "weights"
     d.mkdir()
     safetensors.torch.save_file(imagenet_resnet18, str(d / "resnet18.safetensors"))
-    assert models.resolve_weights_file("resnet18", d) == d / "resnet18.safetensors"
+    assert models.pretrained_kind("resnet18", d) == ("path", str(d / "resnet18.safetensors"))
     model = models.create("resnet18", pretrained=d, num_classes=1)
     _assert_backbone_and_fresh_head(model, imagenet_resnet18)
     # the same directory has nothing for another arch: the error names the file it looked for
@@ -336,7 +393,7 @@ def test_missing_weights_file_names_the_path(tmp_path):
 
 def test_empty_weights_directory(tmp_path):
     with pytest.raises(DfsearchError) as e:
-        models.resolve_weights_file("resnet18", tmp_path)
+        models.pretrained_kind("resnet18", tmp_path)
     assert str(tmp_path) in str(e.value) and "resnet18.safetensors" in str(e.value)
 
 
@@ -344,7 +401,7 @@ def test_small_cnn_has_no_published_weights():
     with pytest.raises(DfsearchError) as e:
         models.create("small_cnn", pretrained=True)
     msg = str(e.value)
-    assert "small_cnn" in msg and "--pretrained" in msg
+    assert "small_cnn" in msg and "weights file" in msg and "pretrained: false" in msg
 
 
 def test_small_cnn_loads_its_own_checkpoint(tmp_path):
@@ -381,7 +438,7 @@ def test_unavailable_hub_weights_say_how_to_provide_them(tmp_path):
     assert r.returncode == 3, r.stdout + r.stderr
     msg = r.stdout
     assert "resnet18" in msg and "not available" in msg
-    assert "--pretrained" in msg
+    assert "pretrained: /path/to/weights_dir" in msg
     assert "file" in msg and "directory" in msg
     assert "resnet18.safetensors" in msg
 

@@ -9,7 +9,7 @@ import pytest
 
 from dfsearch import ray_compat
 
-pytestmark = pytest.mark.xdist_group("ray")
+pytestmark = pytest.mark.xdist_group("ray-train")  # its own session Ray, beside the "ray" group
 
 
 def test_the_installed_ray_is_inside_the_verified_range():

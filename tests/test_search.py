@@ -5,6 +5,7 @@ placement-group cleaner cannot work and stock Train-under-Tune hung at the third
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -30,6 +31,7 @@ from tests.conftest import S3_BUCKET
 from tests.wandb_offline import read_run, records
 
 REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "tests" / "spaces" / "tiny.yaml"  # the cnn space with epochs of a few steps
 pytestmark = pytest.mark.xdist_group("ray")  # one session Ray; see conftest
 
 
@@ -44,12 +46,12 @@ def _plan(argv, space, cluster):
 
 @pytest.fixture(scope="module", params=["pool", "no-pool"])
 def seq(request, ray_local, easy_data, tmp_path_factory):
-    """Sequential trials of 2 DDP workers each, ASHA stopping some: the pattern that hung at the
-    third trial with one TorchTrainer per trial (``--no-pool``: 3 trials, ~50 s each here); and 4
-    on a warm worker pool (the default)."""
+    """Four sequential trials of 2 DDP workers each, ASHA stopping some: the pattern that hung at
+    the third trial with one TorchTrainer per trial (``--no-pool``), and on a warm worker pool
+    (the default). (Trials are deterministic under the seed: with seed 3 the 4th is pruned.)"""
     out = tmp_path_factory.mktemp("search")
-    n = 4 if request.param == "pool" else 3
-    argv = ["--space", "cnn", "--data", easy_data, "--out", out, "--name", "seq", "--num-samples", n,
+    n = 4
+    argv = ["--space", TINY, "--data", easy_data, "--out", out, "--name", "seq", "--num-samples", n,
             "--max-epochs", 2, "--workers-per-trial", 2, "--max-concurrent", 1, "--wandb-mode", "offline",
             "--seed", 3] + (["--no-pool"] if request.param == "no-pool" else [])
     rc = driver.run(_args(argv))
@@ -165,13 +167,13 @@ def test_every_trial_is_a_wandb_run_with_config_and_metrics(seq):
 def concurrent(ray_local, easy_data, tmp_path_factory, module_faults):
     """Two trials at a time (1 worker each); mobilenet trials crash, small_cnn trials go NaN or not."""
     out = tmp_path_factory.mktemp("conc")
-    space = out / "two.yaml"
-    space.write_text((REPO / "search_spaces" / "all_models.yaml").read_text().replace(
-        "metric: val_acc", "metric: val_acc\nonly: [small_cnn, mobilenetv2_100]"))
+    space = out / "two.yaml"  # tiny.yaml's budgets and small_cnn ranges, the shipped mobilenet ranges
+    space.write_text(f"base: {REPO / 'search_spaces' / 'all_models.yaml'}\nonly: [small_cnn, mobilenetv2_100]\n"
+                     + "profiles:" + TINY.read_text().split("profiles:", 1)[1])
     module_faults({"mobilenetv2_100": {"kind": "raise", "after_epoch": 0}})  # raises before training
-    rc = driver.run(_args(["--space", space, "--data", easy_data, "--out", out, "--name", "conc",
-                           "--num-samples", 4, "--max-epochs", 1, "--workers-per-trial", 1,
-                           "--wandb-mode", "disabled", "--seed", 0]))
+    rc = driver.run(_args(["--space", space, "--profile", "paced", "--data", easy_data, "--out", out, "--name", "conc",
+                           "--num-samples", 4, "--max-epochs", 2, "--scheduler", "fifo", "--workers-per-trial", 1,
+                           "--wandb-mode", "disabled", "--seed", 0]))  # paced epochs: long enough to overlap
     return dict(rc=rc, trials=pd.read_parquet(out / "conc" / TRIALS_FILE))
 
 
@@ -192,7 +194,7 @@ def test_two_trials_run_at_once_and_a_crashing_trial_is_recorded(concurrent):
 def test_a_pool_that_cannot_start_fails_the_trials_instead_of_waiting(ray_local, easy_data, tmp_path, faults):
     faults({"pool": {"kind": "raise"}})
     t0 = time.time()
-    rc = driver.run(_args(["--space", "cnn", "--data", easy_data, "--out", tmp_path, "--name", "dead",
+    rc = driver.run(_args(["--space", TINY, "--data", easy_data, "--out", tmp_path, "--name", "dead",
                            "--num-samples", 2, "--max-epochs", 1, "--workers-per-trial", 1, "--max-concurrent", 1,
                            "--wandb-mode", "disabled"]))
     t = pd.read_parquet(tmp_path / "dead" / TRIALS_FILE)
@@ -204,7 +206,7 @@ def test_a_pool_that_cannot_start_fails_the_trials_instead_of_waiting(ray_local,
 
 def test_random_search_without_early_stopping_spends_exactly_its_epoch_budget(ray_local, easy_data, tmp_path):
     """The baseline of bench/search_efficiency.py: random sampler, no ASHA, a trial-epoch budget."""
-    rc = driver.run(_args(["--space", "cnn", "--data", easy_data, "--out", tmp_path, "--name", "rnd",
+    rc = driver.run(_args(["--space", TINY, "--data", easy_data, "--out", tmp_path, "--name", "rnd",
                            "--num-samples", 10, "--max-epochs", 2, "--budget-epochs", 5, "--searcher", "random",
                            "--scheduler", "fifo", "--workers-per-trial", 1, "--max-concurrent", 1,
                            "--wandb-mode", "disabled"]))
@@ -218,7 +220,7 @@ def test_random_search_without_early_stopping_spends_exactly_its_epoch_budget(ra
 
 def test_nan_loss_stops_the_trial_and_marks_it(ray_local, easy_data, tmp_path, faults):
     faults({"small_cnn": {"kind": "nan"}})
-    rc = driver.run(_args(["--space", "cnn", "--data", easy_data, "--out", tmp_path, "--name", "nan",
+    rc = driver.run(_args(["--space", TINY, "--data", easy_data, "--out", tmp_path, "--name", "nan",
                            "--num-samples", 1, "--max-epochs", 2, "--workers-per-trial", 1,
                            "--wandb-mode", "disabled"]))
     t = pd.read_parquet(tmp_path / "nan" / TRIALS_FILE)
@@ -267,8 +269,8 @@ def test_ctrl_c_then_resume_then_a_kill_then_resume_loses_and_repeats_nothing(ea
        checkpoints untouched), the cut trial went on from its checkpoint (no epoch repeated or
        lost), and the Optuna study went on."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "DFSEARCH_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, str(REPO / "run_search.py"), "--space", "cnn", "--data", str(easy_data),
-           "--out", str(tmp_path), "--name", "c", "--num-samples", "3", "--max-epochs", "3", "--scheduler", "fifo",
+    cmd = [sys.executable, str(REPO / "run_search.py"), "--space", str(TINY), "--profile", "paced",
+           "--data", str(easy_data), "--out", str(tmp_path), "--name", "c", "--num-samples", "3", "--max-epochs", "3", "--scheduler", "fifo",
            "--workers-per-trial", "1", "--max-concurrent", "1", "--no-dashboard", "--wandb-mode", "offline"]
     run = tmp_path / "c"
     progress = run / PROGRESS_FILE
@@ -348,7 +350,7 @@ def test_search_to_s3_leaves_everything_there_for_ensemble_and_predict_elsewhere
     out = f"s3://{S3_BUCKET}/{tmp_path.name}/runs{s3_server}"
     target = remote.open_uri(remote.join(out, "s3run"))
     staged = remote.staging_dir(target.uri)
-    argv = ["--space", "cnn", "--data", easy_data, "--out", out, "--name", "s3run", "--num-samples", 3,
+    argv = ["--space", TINY, "--data", easy_data, "--out", out, "--name", "s3run", "--num-samples", 3,
             "--max-epochs", 2, "--workers-per-trial", 1, "--max-concurrent", 1, "--wandb-mode", "offline",
             "--seed", 5, "--json"]
 
@@ -446,8 +448,13 @@ def test_a_search_runs_on_an_existing_cluster_given_by_address_and_never_joins_o
         port = s.getsockname()[1]
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short (socket paths), and this test's alone
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(PYTHONPATH=str(REPO), DFSEARCH_CACHE=str(tmp_path / "cache"), RAY_TMPDIR=str(ray_tmp))
-    cmd = [sys.executable, str(REPO / "run_search.py"), "--space", "cnn", "--data", str(easy_data),
+    env.update(PYTHONPATH=str(REPO), DFSEARCH_CACHE=str(tmp_path / "cache"), RAY_TMPDIR=str(ray_tmp),
+               HOME=str(tmp_path / "home"))
+    # `ray start` turns on token authentication where a token exists (any earlier local Ray writes
+    # ~/.ray/auth_token): a token of this test's own, whatever ran before it on this machine
+    (tmp_path / "home" / ".ray").mkdir(parents=True)
+    (tmp_path / "home" / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    cmd = [sys.executable, str(REPO / "run_search.py"), "--space", str(TINY), "--data", str(easy_data),
            "--out", str(tmp_path), "--num-samples", "2", "--max-epochs", "1", "--workers-per-trial", "1",
            "--wandb-mode", "disabled", "--json"]
     with open(tmp_path / "head.log", "w") as log:
@@ -465,7 +472,7 @@ def test_a_search_runs_on_an_existing_cluster_given_by_address_and_never_joins_o
                 assert head.poll() is None, (tmp_path / "head.log").read_text()
                 time.sleep(1)
         on_cluster = cmd + ["--name", "a", "--address", f"127.0.0.1:{port}"]
-        # `ray start` turns on token authentication, which Ray uses for an explicit address only when asked
+        # with a token, Ray uses it for an explicit address only when asked (RAY_AUTH_MODE=token)
         res = subprocess.run(on_cluster, capture_output=True, text=True, env=env, timeout=300)
         assert res.returncode == 2 and "RAY_AUTH_MODE=token" in res.stderr, res.stderr[-3000:]
         assert not (tmp_path / "a").exists()

@@ -14,10 +14,11 @@ from dfsearch import store
 from dfsearch.config import TrainConfig
 from dfsearch.data.discover import discover
 from dfsearch.data.loading import ImageList, build_transform
+from dfsearch.data.views import View
 from dfsearch.store import write_store
 from dfsearch.train import best_checkpoint_path, fit_trial, trial_summary
 
-pytestmark = pytest.mark.xdist_group("ray")
+pytestmark = pytest.mark.xdist_group("ray-train")  # its own session Ray, beside the "ray" group
 
 CFG = TrainConfig(arch="small_cnn", img_size=32, epochs=4, batch_size=32, lr=3e-3, seed=7)
 
@@ -100,7 +101,8 @@ def test_checkpoint_reloads_with_identical_predictions(runs):
     index = runs["index"]
     dc = config["data"]
     ds = ImageList(index.root, list(zip(val.sample_id, val.label)),
-                   build_transform(config["train"]["img_size"], dc["mean"], dc["std"]))
+                   build_transform(View(config["train"]["input_policy"], config["train"]["img_size"]),
+                                   dc["mean"], dc["std"]))
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     with torch.no_grad():
         probs = torch.sigmoid(model(x).squeeze(-1)).numpy()

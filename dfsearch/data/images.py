@@ -44,6 +44,21 @@ def open_rgb(path: str | Path) -> Image.Image:
         raise UnreadableImage(path, f"cannot decode: {type(e).__name__}: {e}") from None
 
 
+def sample_sizes(root: str | Path, sample_ids, k: int = 32) -> list[tuple[int, int]]:
+    """``(width, height)`` of up to ``k`` images spread over ``sample_ids`` (headers only: fast);
+    unreadable ones are left out (the loader reports them)."""
+    ids = list(sample_ids)
+    step = max(1, len(ids) // k)
+    sizes = []
+    for sid in ids[::step][:k]:
+        try:
+            with Image.open(Path(root) / sid) as im:
+                sizes.append(im.size)
+        except Exception:
+            continue
+    return sizes
+
+
 def check_image(path: str | Path, full: bool = True) -> str | None:
     """None when ``path`` is a readable image, else the reason it is not.
 

@@ -14,6 +14,7 @@ import torch
 from torchvision.transforms import v2 as T
 
 from dfsearch.data.images import UnreadableImage, open_rgb
+from dfsearch.data.views import View, spatial_ops
 
 
 @dataclass
@@ -34,10 +35,10 @@ class Augment:
     color_jitter: float = 0.0    # brightness/contrast/saturation strength
 
 
-def build_transform(img_size: int, mean, std, aug: Augment | None = None) -> T.Compose:
-    """uint8 HWC PIL -> normalised float CHW tensor; ``aug`` None means evaluation."""
-    ops: list = [T.ToImage()]
-    ops.append(T.Resize((img_size, img_size), antialias=True))
+def build_transform(view: View, mean, std, aug: Augment | None = None) -> T.Compose:
+    """uint8 HWC PIL -> normalised float CHW tensor (``(K, C, H, W)`` for tiled evaluation);
+    ``aug`` None means evaluation. ``view`` (``dfsearch.data.views``) chooses the pixels."""
+    ops: list = [T.ToImage(), *spatial_ops(view, train=aug is not None)]
     if aug is not None:
         if aug.hflip > 0:
             ops.append(T.RandomHorizontalFlip(aug.hflip))

@@ -6,18 +6,18 @@ through the public ``timm.models.group_parameters`` / ``group_modules``; the hea
 group); ``data_config(arch, img_size)`` resolves the input size and normalisation in one place
 (timm's ``resolve_data_config`` over the arch's pretrained config, ImageNet defaults without one).
 
-``pretrained`` is ``False`` (random init), ``True`` (timm's hub / cache path), a weights file
-(``.safetensors`` / ``.pth`` / ``.bin``, loaded weights-only through timm's
-``pretrained_cfg_overlay=dict(file=...)``), or a directory holding ``<arch>.safetensors`` (or
-``.pth`` / ``.bin``). Asking for weights that cannot be had fails with a message that says how to
-provide them; it never falls back to a random init.
+``pretrained`` is ``False`` (random init), ``True`` (the arch's default published weights) or one
+of its tags (timm's hub / cache; torchvision's for AlexNet), a weights file (``.safetensors`` /
+``.pth`` / ``.bin``, loaded weights-only through timm's ``pretrained_cfg_overlay=dict(file=...)``),
+or a directory holding ``<arch>.safetensors`` (or ``.pth`` / ``.bin``): the layout for offline
+clusters, one file per architecture. Asking for weights that cannot be had fails with a message
+that says how to provide them; it never falls back to a random init.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from pathlib import Path
 
 import timm
 import torch
@@ -26,34 +26,19 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_data_
 from timm.models import group_modules, group_parameters, load_state_dict
 
 from dfsearch.errors import DfsearchError
-from dfsearch.models import WEIGHT_SUFFIXES, ModelSpec, get_spec, validate
+from dfsearch.models import ModelSpec, get_spec, pretrained_kind, validate
 
 IMAGENET_MEAN = IMAGENET_DEFAULT_MEAN  # (0.485, 0.456, 0.406)
 IMAGENET_STD = IMAGENET_DEFAULT_STD  # (0.229, 0.224, 0.225)
 
 
-def resolve_weights_file(arch: str, pretrained: str | os.PathLike) -> Path:
-    """A weights file, or ``<dir>/<arch>.<suffix>`` for a weights directory."""
-    p = Path(pretrained).expanduser()
-    if p.is_dir():
-        for suffix in WEIGHT_SUFFIXES:
-            if (p / f"{arch}{suffix}").is_file():
-                return p / f"{arch}{suffix}"
-        raise DfsearchError(
-            f"weights directory {p} has no file for {arch}; expected one of "
-            f"{', '.join(arch + s for s in WEIGHT_SUFFIXES)}")
-    if not p.is_file():
-        raise DfsearchError(f"pretrained weights file {p} does not exist; pass a "
-                            f"{'/'.join(WEIGHT_SUFFIXES)} file or a directory holding <arch>.safetensors")
-    return p
-
-
 def _how_to_provide(arch: str) -> str:
     return (f"pretrained weights for {arch} are not available offline. Provide them one of these ways: "
-            f"(1) download once with network access (timm caches them under $HF_HOME / ~/.cache/huggingface) "
-            f"and copy that cache here; (2) pass a weights file: --pretrained /path/to/{arch}.safetensors "
-            f"(.pth/.bin also accepted, loaded weights-only); (3) pass a directory holding {arch}.safetensors: "
-            f"--pretrained /path/to/weights_dir; or use --pretrained none for a random init")
+            f"(1) download once with network access (timm caches them under $HF_HOME / ~/.cache/huggingface, "
+            f"torchvision under $TORCH_HOME) and copy that cache here; (2) a weights file: "
+            f"pretrained: /path/to/{arch}.safetensors (.pth/.bin also accepted, loaded weights-only); "
+            f"(3) a directory holding {arch}.safetensors: pretrained: /path/to/weights_dir; "
+            f"or pretrained: false for a random init")
 
 
 def _builder(spec: ModelSpec):
@@ -62,15 +47,28 @@ def _builder(spec: ModelSpec):
     return getattr(importlib.import_module(module), attr)
 
 
-def _load_custom_weights(model: nn.Module, path: Path) -> None:
-    """Weights-only load for non-timm architectures (head dropped if its shape differs)."""
-    state = load_state_dict(str(path), weights_only=True)
+def _load_matching(model: nn.Module, state: dict, source: str) -> None:
+    """Load the tensors of ``state`` whose names and shapes match (a pretrained head of another
+    class count is left out) into a non-timm architecture."""
     own = model.state_dict()
     state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    missing = [k for k in own if k not in state]
-    if len(missing) == len(own):
-        raise DfsearchError(f"weights file {path} has no tensor that matches {type(model).__name__}")
+    if not state:
+        raise DfsearchError(f"weights {source} have no tensor that matches {type(model).__name__}")
     model.load_state_dict(state, strict=False)
+
+
+def _create_custom(spec: ModelSpec, kind: str, value, num_classes: int, **kwargs) -> nn.Module:
+    model = _builder(spec)(num_classes=num_classes, **kwargs)
+    if kind == "tag":  # the builder's own published weights (torchvision's, for AlexNet)
+        try:
+            state = model.pretrained_state_dict()
+        except Exception as e:
+            raise DfsearchError(f"{_how_to_provide(spec.name)} (underlying error: {type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
+        _load_matching(model, state, f"{spec.name}.{value}")
+    elif kind == "path":
+        _load_matching(model, load_state_dict(value, weights_only=True), value)
+    return model
 
 
 def create(arch: str, pretrained: bool | str | os.PathLike = False, num_classes: int = 1,
@@ -78,37 +76,31 @@ def create(arch: str, pretrained: bool | str | os.PathLike = False, num_classes:
     """Build ``arch`` for binary real/fake classification.
 
     ``num_classes`` 1 -> one logit (sigmoid = P(fake)); 2 -> two logits (softmax[:, 1] = P(fake)).
-    Raises DfsearchError for an unknown arch, bad sizes, or pretrained weights that cannot be had.
+    ``pretrained``: false, true (the arch's default published weights), one of its tags
+    (``ModelSpec.pretrained_tags``), a weights file, or a directory holding ``<arch>.safetensors``
+    (or .pth/.pt/.bin); files are loaded weights-only. Raises DfsearchError for an unknown arch, bad
+    sizes, or weights that cannot be had (never a silent random init).
     """
-    spec = validate(arch, num_classes, img_size)
-    if pretrained in (None, "", "none", "None", "false", "False"):
-        pretrained = False
-    weights = None if isinstance(pretrained, bool) else resolve_weights_file(arch, pretrained)
-
+    spec = validate(arch, num_classes, img_size, pretrained)
+    kind, value = pretrained_kind(arch, pretrained)
     if spec.builder is not None:
-        if pretrained is True:
-            raise DfsearchError(f"{arch} has no published pretrained weights; pass a weights file or "
-                                f"directory with --pretrained PATH, or use --pretrained none")
-        model = _builder(spec)(num_classes=num_classes, **kwargs)
-        if weights is not None:
-            _load_custom_weights(model, weights)
-        return model
-
+        return _create_custom(spec, kind, value, num_classes, **kwargs)
     kw = dict(spec.extra, num_classes=num_classes, **kwargs)
     if spec.takes_img_size:
         kw["img_size"] = img_size
-    if weights is not None:
-        kw["pretrained_cfg_overlay"] = dict(file=str(weights))
+    name = f"{spec.timm_name}.{value}" if kind == "tag" else spec.timm_name
+    if kind == "path":
+        kw["pretrained_cfg_overlay"] = dict(file=value)
     try:
-        return timm.create_model(spec.timm_name, pretrained=bool(pretrained), **kw)
+        return timm.create_model(name, pretrained=kind != "none", **kw)
     except DfsearchError:
         raise
     except Exception as e:
-        if weights is not None:
-            raise DfsearchError(f"could not load pretrained weights for {arch} from {weights}: {e}") from e
-        if pretrained:
+        if kind == "path":
+            raise DfsearchError(f"could not load pretrained weights for {arch} from {value}: {e}") from e
+        if kind == "tag":
             raise DfsearchError(f"{_how_to_provide(arch)} (underlying error: {type(e).__name__}: "
-                                f"{str(e).splitlines()[0][:200]})") from e
+                                f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
         raise
 
 
@@ -130,9 +122,19 @@ def layer_groups(model: nn.Module) -> dict[int, list[str]]:
     return {i: names for i, (_, names) in enumerate(sorted(groups.items()))}
 
 
-def num_groups(arch: str) -> int:
-    """How many layer groups ``arch`` has (the upper bound for ``unfrozen``)."""
-    return len(layer_groups(create(arch, num_classes=1, img_size=max(64, get_spec(arch).min_img_size))))
+def describe(arch: str) -> dict:
+    """What ``dfsearch models`` shows of ``arch``: its registry facts, its parameter count and
+    layer groups (counted on a model built on the meta device: no memory, no init cost) and its
+    normalisation."""
+    spec = get_spec(arch)
+    size = max(spec.min_img_size, spec.size_multiple, 64 // spec.size_multiple * spec.size_multiple)
+    with torch.device("meta"):
+        model = create(arch, img_size=size)
+    dc = data_config(arch, spec.input_size)
+    return dict(name=arch, family=spec.family, source=spec.source, params=count_params(model),
+                groups=len(layer_groups(model)), input_size=spec.input_size, min_img_size=spec.min_img_size,
+                size_multiple=spec.size_multiple, mean=list(dc["mean"]), std=list(dc["std"]),
+                pretrained_tags=list(spec.pretrained_tags))
 
 
 def freeze_to_top(model: nn.Module, k: int | str | None) -> dict:

@@ -26,6 +26,7 @@ import sys
 import time
 
 from dfsearch import remote
+from dfsearch.data.images import sample_sizes
 from dfsearch.errors import DfsearchError
 from dfsearch.search.plan import local_cpus, make_plan
 from dfsearch.search.run_folder import open_run_folder
@@ -51,6 +52,8 @@ def run(args, report_to=None) -> int:
 
     started = _start_ray(space, spec, options)
     plan = _plan(spec, options, space, folder)
+    # the input policies against the images' sizes, once the profile (cpu / gpu) is known
+    space.check_views(plan.profile_name, sample_sizes(index.root, [sid for sid, _ in index.splits["train"]]))
     spec = spec.model_copy(update=dict(profile=plan.profile_name, data=data,
                                        **{k: getattr(plan.profile, k) for k in
                                           ("num_samples", "max_epochs", "workers_per_trial", "grace_period")}))
