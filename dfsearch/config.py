@@ -29,6 +29,7 @@ class AugConfig(BaseModel):
     jpeg_p: float = Field(0.0, ge=0, le=1)
     jpeg_quality: tuple[int, int] = (70, 95)
     color_jitter: float = Field(0.0, ge=0, le=1)
+    rescale: float = Field(0.0, ge=0, le=0.5)
 
     @field_validator("jpeg_quality")
     @classmethod

@@ -266,7 +266,9 @@ def save(t: Trial, folder: str, epoch: int, metrics: dict, preds: tuple | None) 
              "best": t.best_score, "best_epoch": t.best_epoch, "skipped": json.dumps(t.skipped)}
     meta = {"metrics": metrics, "skipped": [{"path": k, "reason": r} for k, r in sorted(t.skipped.items())]}
     config_doc = {"train": t.cfg.model_dump(), "data": t.data_config, "freeze": t.freeze_info,
-                  "candidate": t.candidate, "data_root": t.data_root}
+                  "candidate": t.candidate, "data_root": t.data_root,
+                  # the pipelines as torchvision prints them: what this trial's network saw
+                  "transforms": {"train": repr(t.loader.dataset.transform), "eval": repr(t.val.dataset.transform)}}
     ckpt_io.save(folder, t.model, config_doc, meta, state)
     if preds is not None:
         store.write_predictions(_predictions(t, *preds), folder)

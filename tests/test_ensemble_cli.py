@@ -25,8 +25,10 @@ from dfsearch.store import write_store
 from dfsearch.train import fit_trial, trial_summary
 from tests.wandb_offline import records as wandb_records
 
+# the second sees 24 px crops of the 32 px images (input_policy auto -> crop) and is evaluated on
+# the mean of a 2 x 2 grid of crops: predict must show new images the same views
 CFGS = [TrainConfig(arch="small_cnn", img_size=32, epochs=1, batch_size=32, lr=3e-3, seed=1),
-        TrainConfig(arch="small_cnn", img_size=32, epochs=1, batch_size=32, lr=1e-3, seed=2)]
+        TrainConfig(arch="small_cnn", img_size=24, epochs=1, batch_size=32, lr=1e-3, seed=2, eval_view="tiles")]
 PLOTS = ("roc.png", "confusion.png", "trajectory.png")
 
 
@@ -143,6 +145,9 @@ def test_predict_reproduces_the_weighted_stored_predictions(ensembled, run_dir, 
     assert [p["label"] for p in preds] == ["fake" if w >= 0.5 else "real" for w in want]
     # 2. both candidates with unequal (unnormalised) weights: 1 and 3 -> 0.25 and 0.75
     cands = store.read_candidates(run_dir)
+    seen = [ckpt_io.read_config(c)["train"] for c in cands.checkpoint]
+    assert [(t["input_policy"], t["img_size"], t["eval_view"]) for t in seen] == [
+        ("crop", 32, "center"), ("crop", 24, "tiles")]  # the concrete policy, as the worker resolved it
     doc = {"members": [{"candidate": c, "checkpoint": k, "weight": w}
                        for c, k, w in zip(cands.candidate, cands.checkpoint, (1.0, 3.0))]}
     (tmp_path / "two.json").write_text(json.dumps(doc))

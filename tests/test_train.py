@@ -96,6 +96,10 @@ def test_resumed_trial_matches_uninterrupted_one(runs):
 def test_checkpoint_reloads_with_identical_predictions(runs):
     path = best_checkpoint_path(runs["a"])
     model, config = ckpt_io.load_model(path)
+    # 32 px crops of the 32 px images (auto -> crop), and the pipelines are recorded as they ran
+    assert config["train"]["input_policy"] == "crop"
+    assert "RandomCrop" in config["transforms"]["train"] and "CenterCrop" in config["transforms"]["eval"]
+    assert "Resize" not in config["transforms"]["train"] + config["transforms"]["eval"]
     p = _preds(runs["a"])
     val = p[p.split == "val"].head(40)
     index = runs["index"]

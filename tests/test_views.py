@@ -94,7 +94,7 @@ def test_policies_that_cannot_work_on_the_images_are_refused(policy, sizes, matc
 
 def test_augmentation_is_for_training_only_and_reproducible_under_a_seed():
     img, _ = _image(48)
-    aug = Augment(hflip=0.5, rotation=10, blur_p=0.5, noise_std=0.05, jpeg_p=0.5, color_jitter=0.2)
+    aug = Augment(hflip=0.5, rotation=10, blur_p=0.5, noise_std=0.05, jpeg_p=0.5, color_jitter=0.2, rescale=0.1)
     train = build_transform(View("crop", 32), **IDENTITY, aug=aug)
     draws = []
     for seed in (0, 0, 1):
@@ -106,3 +106,16 @@ def test_augmentation_is_for_training_only_and_reproducible_under_a_seed():
     first = evaluation(img)
     torch.manual_seed(6)
     assert torch.equal(first, evaluation(img))  # no randomness at all in evaluation
+
+
+def test_the_mild_rescaled_crop_is_a_training_op_that_keeps_the_size():
+    from dfsearch.data.views import RandomRescaledCrop
+
+    _, src = _image(64)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        assert RandomRescaledCrop(32, 0.1)(src).shape == (3, 32, 32)
+    train = build_transform(View("crop", 32), **IDENTITY, aug=Augment(hflip=0.0, rescale=0.1))
+    evaluation = build_transform(View("crop", 32), **IDENTITY)
+    assert "RandomRescaledCrop(size=32, rescale=0.1)" in repr(train)
+    assert "Rescaled" not in repr(evaluation)

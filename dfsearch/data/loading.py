@@ -21,8 +21,8 @@ from dfsearch.data.views import View, spatial_ops
 class Augment:
     """Training-time augmentation. Defaults: horizontal flip only.
 
-    Nothing here resamples the image unless asked (rotation), since resampling can erase the
-    pixel-level fingerprints a detector needs.
+    Nothing here resamples the image unless asked (rotation, rescale), since resampling can erase
+    the pixel-level fingerprints a detector needs.
     """
 
     hflip: float = 0.5           # probability
@@ -33,12 +33,13 @@ class Augment:
     jpeg_p: float = 0.0          # probability of re-compression
     jpeg_quality: tuple[int, int] = (70, 95)
     color_jitter: float = 0.0    # brightness/contrast/saturation strength
+    rescale: float = 0.0         # mild random-resized crop: zoom by 1 +- rescale (0: a plain crop)
 
 
 def build_transform(view: View, mean, std, aug: Augment | None = None) -> T.Compose:
     """uint8 HWC PIL -> normalised float CHW tensor (``(K, C, H, W)`` for tiled evaluation);
     ``aug`` None means evaluation. ``view`` (``dfsearch.data.views``) chooses the pixels."""
-    ops: list = [T.ToImage(), *spatial_ops(view, train=aug is not None)]
+    ops: list = [T.ToImage(), *spatial_ops(view, train=aug is not None, rescale=aug.rescale if aug else 0.0)]
     if aug is not None:
         if aug.hflip > 0:
             ops.append(T.RandomHorizontalFlip(aug.hflip))

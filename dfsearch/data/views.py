@@ -84,20 +84,45 @@ def tile_origins(side: int, size: int, n: int) -> list[int]:
     return [round(i * (side - size) / (n - 1)) for i in range(n)]
 
 
-def spatial_ops(view: View, train: bool) -> list:
-    """The torchvision.transforms.v2 ops that choose the pixels the network sees."""
+def spatial_ops(view: View, train: bool, rescale: float = 0.0) -> list:
+    """The torchvision.transforms.v2 ops that choose the pixels the network sees. ``rescale`` > 0
+    (training only): a mild random-resized crop instead of the plain one (``RandomRescaledCrop``)."""
     from torchvision.transforms import v2 as T
 
     s = view.img_size
-    if view.policy == "resize":
-        return [T.Resize((s, s), antialias=True)]
     if view.policy == "native":
         return []
+    if view.policy == "resize":
+        return [T.Resize((s, s), antialias=True)] + ([RandomRescaledCrop(s, rescale)] if train and rescale else [])
     if train:
-        return [T.RandomCrop(s, pad_if_needed=True)]
+        return [RandomRescaledCrop(s, rescale) if rescale else T.RandomCrop(s, pad_if_needed=True)]
     if view.eval_view == "tiles":
         return [Tiles(s, view.eval_tiles)]
     return [T.CenterCrop(s)]
+
+
+class RandomRescaledCrop:
+    """A random square of side ``size * f``, ``f`` uniform in ``[1 - rescale, 1 + rescale]`` (at
+    most the image's short side), resized to ``size``: torchvision's RandomResizedCrop with its
+    scale measured against the crop, not the image, so that it stays mild (a few per cent of
+    rescaling; a strong one smears the fingerprint). Draws from torch's RNG: seeded as the rest."""
+
+    def __init__(self, size: int, rescale: float):
+        self.size, self.rescale = size, rescale
+
+    def __call__(self, img):
+        import torch
+        from torchvision.transforms.v2 import functional as F
+
+        h, w = F.get_size(img)
+        f = 1 - self.rescale + 2 * self.rescale * float(torch.rand(()))
+        side = max(1, min(round(self.size * f), h, w))
+        top = int(torch.randint(0, h - side + 1, ()))
+        left = int(torch.randint(0, w - side + 1, ()))
+        return F.resized_crop(img, top, left, side, side, [self.size, self.size], antialias=True)
+
+    def __repr__(self):
+        return f"RandomRescaledCrop(size={self.size}, rescale={self.rescale})"
 
 
 class Tiles:
