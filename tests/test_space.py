@@ -63,13 +63,14 @@ def test_family_files_reuse_the_full_space(shipped):
 
 
 def test_unfrozen_all_resolves_to_the_real_group_count(shipped):
-    full = shipped["all_models"]
+    assert all(p["unfrozen"] == "all" for p in shipped["all_models"].archs.values())  # from scratch: train it all
+    full = shipped["finetune"]  # pretrained: the top K groups
     for arch in ("resnet18", "mobilenetv2_100", "vit_tiny_patch16_224"):
         n = models.num_groups(arch)
         assert full.archs[arch]["unfrozen"] == ("int", (1, n))
     assert full.archs["resnet18"]["unfrozen"] == ("int", (1, 6))
     assert full.archs["vit_tiny_patch16_224"]["unfrozen"] == ("int", (1, 14))
-    assert full.archs["small_cnn"]["unfrozen"] == "all"  # a constant stays a constant
+    assert shipped["all_models"].archs["small_cnn"]["unfrozen"] == "all"  # a constant stays a constant
 
 
 def _draw(study, sampler, arch=None):
@@ -93,7 +94,7 @@ def _in_range(value, spec):
     return args[0] <= value <= args[1]
 
 
-@pytest.mark.parametrize("space_name", ["all_models"])
+@pytest.mark.parametrize("space_name", ["all_models", "finetune"])
 def test_sampler_always_builds_a_valid_train_config(space_name, shipped):
     space = shipped[space_name]
     sampler = SpaceSampler(space.archs)
@@ -123,10 +124,12 @@ def test_sampler_always_builds_a_valid_train_config(space_name, shipped):
                     assert _in_range(getattr(cfg, key), spec), (arch, key, getattr(cfg, key), spec)
             seen_unfrozen.setdefault(arch, set()).add(cfg.unfrozen)
             study.tell(trial, float(i % 3) / 3)
-    assert seen_unfrozen["small_cnn"] == {"all"}
-    for arch in ("resnet18", "mobilenetv2_100", "vit_tiny_patch16_224"):
-        assert all(1 <= u <= models.num_groups(arch) for u in seen_unfrozen[arch])
-        assert len(seen_unfrozen[arch]) > 1  # really sampled, not a constant
+    for arch in space.archs:
+        if space.archs[arch]["unfrozen"] == "all":
+            assert seen_unfrozen[arch] == {"all"}
+        else:
+            assert all(1 <= u <= models.num_groups(arch) for u in seen_unfrozen[arch])
+            assert len(seen_unfrozen[arch]) > 1  # really sampled, not a constant
 
 
 def test_sampler_picks_archs_itself(shipped):
