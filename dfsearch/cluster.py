@@ -68,9 +68,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     except ConnectionError as e:  # auto: no cluster here; HOST:PORT: something answers, Ray cannot connect
         hint = START_A_CLUSTER
         if address not in (None, "auto") and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
-            hint = ("something answers there: a Ray cluster with token authentication (what `ray start` turns on "
-                    "where ~/.ray/auth_token exists, and any local Ray creates it) needs RAY_AUTH_MODE=token and its token (~/.ray/auth_token, or RAY_AUTH_TOKEN) for an explicit "
-                    "address; or run on the head node with --address auto")
+            hint = ("something answers there: a Ray cluster with token authentication (`ray start` turns it on "
+                    "where ~/.ray/auth_token exists, which any local Ray writes) needs RAY_AUTH_MODE=token and "
+                    "its token (~/.ray/auth_token, or RAY_AUTH_TOKEN) for an explicit address; or run on the "
+                    "head node with --address auto")
         raise DfsearchError(f"--address {address}: {str(e).strip().splitlines()[0]} ({hint})") from None
     return True
 

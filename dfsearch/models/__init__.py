@@ -1,12 +1,13 @@
 """Models: a torch-free registry here, the torch side in ``factory`` (timm's package layout).
 
-Importing this package imports neither torch nor timm: ``known_archs()``, ``get_spec(arch)`` and
-``validate(arch, num_classes, img_size)`` answer from the registry alone, so a command can reject
-bad input before paying for torch. Each entry's builder is a ``"module:attr"`` string, imported
-only when a model is built.
+Importing this package imports neither torch nor timm: ``known_archs()``, ``get_spec(arch)``,
+``num_groups(arch)``, ``fit_img_size(arch, size)``, ``pretrained_kind(arch, pretrained)`` and
+``validate(arch, num_classes, img_size, pretrained)`` answer from the registry alone, so a command
+can reject bad input before paying for torch. Each entry's builder is a ``"module:attr"`` string,
+imported only when a model is built.
 
 The torch-side names (``create``, ``freeze_to_top``, ``data_config``, ``layer_groups``,
-``num_groups``, ``count_params``, ``prob_fake``, ``loss_fn``, ``resolve_weights_file``, ...) are
+``describe``, ``count_params``, ``prob_fake``, ``loss_fn``, ...) are
 attributes of this package too, loaded from ``dfsearch.models.factory`` on first use (PEP 562), so
 ``models.create(...)`` works as it always did.
 
@@ -62,7 +63,9 @@ def _timm(name: str, family: str, groups: int, tags: tuple, **kw) -> ModelSpec:
 
 
 # The seed projects' architectures. Minimum sizes as measured (a forward pass at that side works, one
-# below fails); input sizes, normalisation and tags from timm 1.0's pretrained configs.
+# below fails), except the ViTs' and Swin's (built for one size): 32 px, two patches / windows a side,
+# a floor chosen here (timm builds them smaller). Input sizes, normalisation and tags from timm
+# 1.0's pretrained configs.
 register(ModelSpec("small_cnn", "cnn", builder="dfsearch.models.small_cnn:SmallCNN", source="dfsearch",
                    groups=4, input_size=64, min_img_size=16))
 _timm("resnet18", "resnet", 6, ("a1_in1k", "a2_in1k", "a3_in1k", "tv_in1k", "gluon_in1k", "fb_ssl_yfcc100m_ft_in1k",
@@ -74,7 +77,7 @@ _timm("efficientnet_b0", "efficientnet", 9, ("ra_in1k", "ra4_e3600_r224_in1k"), 
 _timm("legacy_xception", "xception", 15, ("tf_in1k",), input_size=299, min_img_size=16)
 _timm("vgg16", "vgg", 14, ("tv_in1k",), min_img_size=32)
 _timm("vgg19", "vgg", 17, ("tv_in1k",), min_img_size=32)
-_timm("densenet121", "densenet", 6, ("ra_in1k", "tv_in1k"), min_img_size=32)
+_timm("densenet121", "densenet", 6, ("ra_in1k", "tv_in1k"), min_img_size=29)
 _timm("inception_v3", "inception", 14, ("tv_in1k", "tf_in1k", "tf_adv_in1k", "gluon_in1k"), input_size=299,
       min_img_size=75)
 _timm("vit_tiny_patch16_224", "vit", 14, ("augreg_in21k_ft_in1k", "augreg_in21k"), min_img_size=32,

@@ -12,9 +12,6 @@ from __future__ import annotations
 from torchvision.models import AlexNet as _AlexNet
 from torchvision.models import AlexNet_Weights
 
-PRETRAINED_TAGS = ("tv_in1k",)
-
-
 class AlexNet(_AlexNet):
     def __init__(self, num_classes: int = 1, drop_rate: float = 0.5, **_):
         super().__init__(num_classes=num_classes, dropout=drop_rate)

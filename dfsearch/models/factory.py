@@ -26,7 +26,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_data_
 from timm.models import group_modules, group_parameters, load_state_dict
 
 from dfsearch.errors import DfsearchError
-from dfsearch.models import ModelSpec, get_spec, pretrained_kind, validate
+from dfsearch.models import ModelSpec, fit_img_size, get_spec, pretrained_kind, validate
 
 IMAGENET_MEAN = IMAGENET_DEFAULT_MEAN  # (0.485, 0.456, 0.406)
 IMAGENET_STD = IMAGENET_DEFAULT_STD  # (0.229, 0.224, 0.225)
@@ -81,8 +81,8 @@ def create(arch: str, pretrained: bool | str | os.PathLike = False, num_classes:
     (or .pth/.pt/.bin); files are loaded weights-only. Raises DfsearchError for an unknown arch, bad
     sizes, or weights that cannot be had (never a silent random init).
     """
-    spec = validate(arch, num_classes, img_size, pretrained)
-    kind, value = pretrained_kind(arch, pretrained)
+    spec = validate(arch, num_classes, img_size)
+    kind, value = pretrained_kind(arch, pretrained)  # validates the weights asked for (once: it stats files)
     if spec.builder is not None:
         return _create_custom(spec, kind, value, num_classes, **kwargs)
     kw = dict(spec.extra, num_classes=num_classes, **kwargs)
@@ -127,9 +127,8 @@ def describe(arch: str) -> dict:
     layer groups (counted on a model built on the meta device: no memory, no init cost) and its
     normalisation."""
     spec = get_spec(arch)
-    size = max(spec.min_img_size, spec.size_multiple, 64 // spec.size_multiple * spec.size_multiple)
     with torch.device("meta"):
-        model = create(arch, img_size=size)
+        model = create(arch, img_size=fit_img_size(arch, 64))
     dc = data_config(arch, spec.input_size)
     return dict(name=arch, family=spec.family, source=spec.source, params=count_params(model),
                 groups=len(layer_groups(model)), input_size=spec.input_size, min_img_size=spec.min_img_size,
