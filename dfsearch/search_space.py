@@ -114,6 +114,30 @@ class Space:
                 views.resolve(policy, models.fit_img_size(arch, size), sizes,
                               where=f"{self.path}: field archs.{arch}.input_policy (profile {profile_name})")
 
+    def weight_requests(self) -> list[tuple[str, str]]:
+        """``(arch, tag)`` for every published-weights tag a trial of this space could ask for."""
+        from dfsearch import models
+
+        out = []
+        for arch, params in self.archs.items():
+            spec = params.get("pretrained", False)
+            for value in (spec[1] if isinstance(spec, tuple) else [spec]):
+                kind, tag = models.pretrained_kind(arch, value)
+                if kind == "tag" and (arch, tag) not in out:
+                    out.append((arch, tag))
+        return out
+
+    def check_weights(self, timeout: float = 5.0) -> None:
+        """DfsearchError, naming the field, when published weights the space asks for are neither
+        cached here nor downloadable (dfsearch/models/weights.py): before Ray starts."""
+        from dfsearch.models import weights
+
+        for arch, tag in self.weight_requests():
+            try:
+                weights.check_available(arch, tag, timeout)
+            except DfsearchError as e:
+                raise DfsearchError(f"{self.path}: field archs.{arch}.pretrained: {e}") from None
+
     def train_config(self, config: dict, profile: Profile, seed: int = 0) -> TrainConfig:
         """The TrainConfig of one trial from Tune's (unflattened) config."""
         arch = config["arch"]

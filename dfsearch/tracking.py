@@ -108,6 +108,16 @@ def log(run, data: dict, step: int | None = None) -> None:
         _warn(f"log failed ({type(e).__name__}: {e})")
 
 
+def update_config(run, data: dict) -> None:
+    """``run.config.update(data)`` (values known only once the trial runs); a failure only warns."""
+    if run is None:
+        return
+    try:
+        run.config.update(data, allow_val_change=True)
+    except Exception as e:
+        _warn(f"config update failed ({type(e).__name__}: {e})")
+
+
 def log_table(run, key: str, dataframe) -> None:
     """Log a pandas DataFrame as a W&B table under ``key``."""
     if run is None:

@@ -260,6 +260,11 @@ def evaluate(t: Trial, split: Split) -> tuple[np.ndarray, dict]:
     return probs, {"loss": M.log_loss(y, p), "acc": M.accuracy(y, p), "auc": M.roc_auc(y, p)}
 
 
+def pipelines(t: Trial) -> dict:
+    """The input pipelines as torchvision prints them: what this trial's network saw."""
+    return {"transforms_train": repr(t.loader.dataset.transform), "transforms_eval": repr(t.val.dataset.transform)}
+
+
 def save(t: Trial, folder: str, epoch: int, metrics: dict, preds: tuple | None) -> None:
     """Write the checkpoint of ``epoch`` (0-based) into ``folder`` (rank 0 only)."""
     state = {"optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(), "epoch": epoch,
@@ -267,8 +272,7 @@ def save(t: Trial, folder: str, epoch: int, metrics: dict, preds: tuple | None) 
     meta = {"metrics": metrics, "skipped": [{"path": k, "reason": r} for k, r in sorted(t.skipped.items())]}
     config_doc = {"train": t.cfg.model_dump(), "data": t.data_config, "freeze": t.freeze_info,
                   "candidate": t.candidate, "data_root": t.data_root,
-                  # the pipelines as torchvision prints them: what this trial's network saw
-                  "transforms": {"train": repr(t.loader.dataset.transform), "eval": repr(t.val.dataset.transform)}}
+                  "transforms": {k.removeprefix("transforms_"): v for k, v in pipelines(t).items()}}
     ckpt_io.save(folder, t.model, config_doc, meta, state)
     if preds is not None:
         store.write_predictions(_predictions(t, *preds), folder)
@@ -373,6 +377,8 @@ def train_loop(cfg: dict, session=None) -> None:
             t.skipped.update(part)
         metrics.update(best_epoch=t.best_epoch, skipped_files=len(t.skipped),
                        epoch_time_s=time.perf_counter() - t0)
+        if epoch == t.start_epoch:  # once per run of this loop: the driver logs them into the trial's W&B config
+            metrics.update(pipelines(t))
         _say(t, f"epoch {epoch + 1}/{c.epochs} train_loss {train['train_loss']:.4f} train_acc {train['train_acc']:.3f} "
                 f"val_loss {v['loss']:.4f} val_acc {v['acc']:.3f} val_auc {v['auc']:.3f}"
                 f"{'  *best' if is_best else ''} ({train['train_time_s']:.1f}s)")

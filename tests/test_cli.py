@@ -83,6 +83,7 @@ def _commands(p: dict) -> dict:
         "search_resume_lists": (["--resume", "--out", p["old_runs"], "--name", "missing"], "run_search", False),
         "search_zero_samples": (["--num-samples", 0], "run_search", False),
         "search_remote_out": (["--space", "cnn", "--out", "s3://bucket/runs"], "run_search", False),
+        "search_offline_weights": (["--space", "finetune", "--data", p["small"]], "run_search", False),
         "search_no_cluster": (["--space", "cnn", "--address", p["closed_address"]], "run_search", False),
         "train_no_cluster": (["train", "--data", p["small"], "--address", p["closed_address"]], "dfsearch", False),
         "search_gpus": (["--gpus-per-worker", gpus + 1, "--space", "cnn", "--data", p["small"],
@@ -104,6 +105,7 @@ def _launch(name, argv, prog, ray, p):
     out, cache = work / "runs", work / "cache"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # never join another Ray
     imports = work / "imports.json"
+    env.update(HF_HOME=str(work / "hf"), TORCH_HOME=str(work / "torch"))  # empty weight caches
     env.update(HF_HUB_OFFLINE="1", WANDB_MODE="disabled", DFSEARCH_CACHE=str(cache), PYTHONPATH=str(REPO),
                PYTHONUNBUFFERED="1", DFSEARCH_TEST_IMPORTS=str(imports))
     argv = [str(a) for a in argv]
@@ -292,6 +294,18 @@ def test_search_resume_missing_lists_existing(runs, paths):
     err = _failed(r, "run_search.py")
     assert "'missing'" in err and "found: search-old" in err
     assert sorted(x.name for x in paths["old_runs"].iterdir()) == ["search-old"]
+
+
+def test_search_weights_that_cannot_be_had_fail_before_ray(runs):
+    """pretrained: true offline with empty caches: the space's field, the arch and how to provide
+    the weights, before Ray starts (not in the first trial's traceback) and before any run folder."""
+    r = result(runs, "search_offline_weights")
+    err = _failed(r, "run_search.py")
+    assert "finetune.yaml: field archs.resnet18.pretrained" in err, err
+    assert "not available offline" in err and "resnet18.safetensors" in err and "HF_HUB_OFFLINE" in err
+    assert "timm/resnet18.a1_in1k" in err  # where they would have come from
+    assert "ray" not in r.imported
+    assert not r.out.exists() or not any(r.out.iterdir()), list(r.out.rglob("*"))
 
 
 def test_search_zero_samples(runs):

@@ -15,7 +15,7 @@ from timm.utils.model import FrozenBatchNorm2d  # what timm.utils.freeze convert
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from dfsearch import models
+from dfsearch import models, search_space
 from dfsearch.errors import DfsearchError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -445,6 +445,41 @@ def test_unavailable_hub_weights_say_how_to_provide_them(tmp_path):
     assert "pretrained: /path/to/weights_dir" in msg
     assert "file" in msg and "directory" in msg
     assert "resnet18.safetensors" in msg
+
+
+def test_weights_check_finds_the_hub_and_torch_caches_and_names_what_is_missing(tmp_path, monkeypatch):
+    """The driver's check (before Ray): cached weights pass without a network, missing ones with
+    the hub switched off fail naming the arch, the tag and where they would have come from."""
+    from huggingface_hub import constants
+
+    from dfsearch.models import weights
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(DfsearchError, match=r"resnet18 .*tag a1_in1k.*timm/resnet18\.a1_in1k.*HF_HUB_OFFLINE"):
+        weights.check_available("resnet18", "a1_in1k")
+    with pytest.raises(DfsearchError, match=r"alexnet .*download\.pytorch\.org.*alexnet"):
+        weights.check_available("alexnet", "tv_in1k")
+    # the hub cache's layout: models--ORG--NAME/{refs/main, snapshots/REV/FILE}
+    repo = tmp_path / "hub" / "models--timm--resnet18.a1_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "model.safetensors").write_bytes(b"x")
+    assert weights.check_available("resnet18", "a1_in1k") == "cache"
+    _, url = weights.sources("alexnet", "tv_in1k")
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[1]).write_bytes(b"x")
+    assert weights.check_available("alexnet", "tv_in1k") == "cache"
+
+
+def test_space_lists_the_weights_its_trials_could_ask_for():
+    space = search_space.load("finetune")
+    requests = dict(space.weight_requests())
+    assert requests["resnet18"] == "a1_in1k" and requests["alexnet"] == "tv_in1k"
+    assert set(requests) == set(space.archs)  # every arch of finetune.yaml is pretrained: true
+    assert search_space.load("all_models").weight_requests() == []  # from scratch: nothing to fetch
 
 
 def test_every_optimizer_a_trial_accepts_is_a_timm_optimizer():

@@ -153,6 +153,12 @@ def test_every_trial_is_a_wandb_run_with_config_and_metrics(seq):
     for r in trial_runs:
         row = t.loc[r["config"]["trial_id"]]
         assert r["config"]["lr"] == pytest.approx(row.lr) and r["config"]["arch"] == "small_cnn"
+        # the input pipelines the worker built: augmentation on train only, a deterministic eval view
+        pipes = r["config"]["transforms"]
+        assert ("RandomHorizontalFlip" in pipes["train"]) == (row.aug_hflip > 0), (row.aug_hflip, pipes)
+        assert ("RandomRotation" in pipes["train"]) == (row.aug_rotation > 0), (row.aug_rotation, pipes)
+        assert "Normalize" in pipes["eval"], pipes
+        assert not any(op in pipes["eval"] for op in ("Random", "GaussianBlur", "ColorJitter")), pipes["eval"]
         epochs = [h["epoch"] for h in r["history"] if "epoch" in h]
         assert epochs == list(range(1, row.epochs + 1))
         assert all("val_acc" in h for h in r["history"] if "epoch" in h)

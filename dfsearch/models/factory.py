@@ -27,18 +27,10 @@ from timm.models import group_modules, group_parameters, load_state_dict
 
 from dfsearch.errors import DfsearchError
 from dfsearch.models import ModelSpec, fit_img_size, get_spec, pretrained_kind, validate
+from dfsearch.models.weights import how_to_provide
 
 IMAGENET_MEAN = IMAGENET_DEFAULT_MEAN  # (0.485, 0.456, 0.406)
 IMAGENET_STD = IMAGENET_DEFAULT_STD  # (0.229, 0.224, 0.225)
-
-
-def _how_to_provide(arch: str) -> str:
-    return (f"pretrained weights for {arch} are not available offline. Provide them one of these ways: "
-            f"(1) download once with network access (timm caches them under $HF_HOME / ~/.cache/huggingface, "
-            f"torchvision under $TORCH_HOME) and copy that cache here; (2) a weights file: "
-            f"pretrained: /path/to/{arch}.safetensors (.pth/.bin also accepted, loaded weights-only); "
-            f"(3) a directory holding {arch}.safetensors: pretrained: /path/to/weights_dir; "
-            f"or pretrained: false for a random init")
 
 
 def _builder(spec: ModelSpec):
@@ -63,7 +55,7 @@ def _create_custom(spec: ModelSpec, kind: str, value, num_classes: int, **kwargs
         try:
             state = model.pretrained_state_dict()
         except Exception as e:
-            raise DfsearchError(f"{_how_to_provide(spec.name)} (underlying error: {type(e).__name__}: "
+            raise DfsearchError(f"{how_to_provide(spec.name)} (underlying error: {type(e).__name__}: "
                                 f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
         _load_matching(model, state, f"{spec.name}.{value}")
     elif kind == "path":
@@ -99,7 +91,7 @@ def create(arch: str, pretrained: bool | str | os.PathLike = False, num_classes:
         if kind == "path":
             raise DfsearchError(f"could not load pretrained weights for {arch} from {value}: {e}") from e
         if kind == "tag":
-            raise DfsearchError(f"{_how_to_provide(arch)} (underlying error: {type(e).__name__}: "
+            raise DfsearchError(f"{how_to_provide(arch)} (underlying error: {type(e).__name__}: "
                                 f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
         raise
 

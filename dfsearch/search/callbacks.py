@@ -191,8 +191,11 @@ class WandbTrials(_Bound):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._start(trial)
-        tracking.log(self.live.wandb_runs.get(trial.trial_id), {k: v for k, v in result.items() if k in WANDB_KEYS},
-                     step=result.get("epoch"))
+        run = self.live.wandb_runs.get(trial.trial_id)
+        pipelines = {k.removeprefix("transforms_"): v for k, v in result.items() if k.startswith("transforms_")}
+        if pipelines:  # the first epoch's result carries what the network saw (train: with augmentation)
+            tracking.update_config(run, {"transforms": pipelines})
+        tracking.log(run, {k: v for k, v in result.items() if k in WANDB_KEYS}, step=result.get("epoch"))
 
     def ended(self, trial, how):
         run = self.live.wandb_runs.pop(trial.trial_id, None)

@@ -48,6 +48,7 @@ def run(args, report_to=None) -> int:
     data, index = _discover(spec.data) if spec.data else (None, None)  # a bad --data: before torch (the space)
     space = search_space.load(spec.space)
     data, index = (data, index) if index else _discover(None)  # the default dataset once the space is valid
+    space.check_weights()  # published weights that cannot be had: now, not in the first trial's traceback
     mode = tracking.resolve_mode(options.wandb_mode, folder.run_dir)
 
     started = _start_ray(space, spec, options)
