@@ -61,14 +61,12 @@ def recipe(arch: str) -> dict:
     return dict(lr=_mid(params.get("lr"), 1e-3), weight_decay=_mid(params.get("weight_decay"), 0.01))
 
 
-def load_split(root: str, split: str, transform, limit: int | None = None):
-    """A split as one tensor through ``transform`` (deterministic: eval pipelines only)."""
+def load_split(root: str, items: list, transform):
+    """``items`` (a split of the DatasetIndex) as one tensor through ``transform`` (deterministic: eval pipelines only)."""
     import torch
 
-    from dfsearch.data.discover import discover
     from dfsearch.data.loading import ImageList
 
-    items = discover(root).splits[split][:limit] if limit else discover(root).splits[split]
     ds = ImageList(root, items, transform)
     xs, ys = zip(*[(x, y) for x, y, _ in (ds[i] for i in range(len(ds)))])
     return torch.stack(xs), torch.tensor(ys, dtype=torch.float32)
@@ -142,9 +140,12 @@ def one_arch(arch: str, steps: int, batch: int, seed: int) -> dict:
     dc = models.data_config(arch, size)
     view = View("crop" if size <= 64 else "resize", size)  # what auto resolves to on 64 px images
     tf = build_transform(view, dc["mean"], dc["std"], None)
+    from dfsearch.data.discover import discover
+
     root = str(default_dataset())
-    x_tr, y_tr = load_split(root, "train", tf)
-    x_va, y_va = load_split(root, "valid", tf)
+    index = discover(root)
+    x_tr, y_tr = load_split(root, index.splits["train"], tf)
+    x_va, y_va = load_split(root, index.splits["valid"], tf)
     rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     model = models.create(arch, pretrained=False, num_classes=1, img_size=size)
     r = recipe(arch)
@@ -176,7 +177,7 @@ def views_case(steps: int, batch: int, seed: int, n: int) -> list[dict]:
             view = View(policy, 64)
             train_ds = ImageList(root, index.splits["train"], build_transform(view, dc["mean"], dc["std"],
                                                                               _hflip()))
-            x_va, y_va = load_split(root, "valid", build_transform(view, dc["mean"], dc["std"], None))
+            x_va, y_va = load_split(root, index.splits["valid"], build_transform(view, dc["mean"], dc["std"], None))
             y_tr = torch.tensor([y for _, y in index.splits["train"]], dtype=torch.float32)
 
             def augment(idx, g, ds=train_ds):  # decoded + cropped per step: a fresh random crop each time

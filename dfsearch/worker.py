@@ -262,7 +262,7 @@ def evaluate(t: Trial, split: Split) -> tuple[np.ndarray, dict]:
 
 def pipelines(t: Trial) -> dict:
     """The input pipelines as torchvision prints them: what this trial's network saw."""
-    return {"transforms_train": repr(t.loader.dataset.transform), "transforms_eval": repr(t.val.dataset.transform)}
+    return {"train": repr(t.loader.dataset.transform), "eval": repr(t.val.dataset.transform)}
 
 
 def save(t: Trial, folder: str, epoch: int, metrics: dict, preds: tuple | None) -> None:
@@ -272,7 +272,7 @@ def save(t: Trial, folder: str, epoch: int, metrics: dict, preds: tuple | None) 
     meta = {"metrics": metrics, "skipped": [{"path": k, "reason": r} for k, r in sorted(t.skipped.items())]}
     config_doc = {"train": t.cfg.model_dump(), "data": t.data_config, "freeze": t.freeze_info,
                   "candidate": t.candidate, "data_root": t.data_root,
-                  "transforms": {k.removeprefix("transforms_"): v for k, v in pipelines(t).items()}}
+                  "transforms": pipelines(t)}
     ckpt_io.save(folder, t.model, config_doc, meta, state)
     if preds is not None:
         store.write_predictions(_predictions(t, *preds), folder)
@@ -378,7 +378,7 @@ def train_loop(cfg: dict, session=None) -> None:
         metrics.update(best_epoch=t.best_epoch, skipped_files=len(t.skipped),
                        epoch_time_s=time.perf_counter() - t0)
         if epoch == t.start_epoch:  # once per run of this loop: the driver logs them into the trial's W&B config
-            metrics.update(pipelines(t))
+            metrics.update({f"transforms_{k}": v for k, v in pipelines(t).items()})
         _say(t, f"epoch {epoch + 1}/{c.epochs} train_loss {train['train_loss']:.4f} train_acc {train['train_acc']:.3f} "
                 f"val_loss {v['loss']:.4f} val_acc {v['acc']:.3f} val_auc {v['auc']:.3f}"
                 f"{'  *best' if is_best else ''} ({train['train_time_s']:.1f}s)")
