@@ -7,10 +7,15 @@
 **Per arch** (each in its own subprocess, so that its peak memory is its own): parameters, train and
 eval images/s, peak resident memory, and val accuracy / AUC after a fixed short budget, on the
 embedded benchmark (``default_dataset()``: 3000 train / 600 val images, 64 px) at the size the cpu
-profile gives the arch (``fit_img_size(arch, 64)``: 75 px, resized, for Inception). The budget is
-the cpu profile's: ``--steps 120`` optimizer steps of ``--batch 64`` images (4 epochs x 30 steps x 2
+profile gives the arch (``fit_img_size(arch, 64, zoom)``), through the view a trial resolves
+(``auto`` on 64 px images: the image itself, or at zoom Z a random ``64 / Z`` px crop shown as Z x Z
+replicated pixels; evaluation on the arch's ``eval_view``, tiles averaged). The budget is the cpu
+profile's: ``--steps 120`` optimizer steps of ``--batch 64`` images (4 epochs x 30 steps x 2
 workers x 32), from scratch, AdamW at the geometric middle of the arch's ``all_models.yaml`` lr and
-weight-decay ranges, one cosine cycle with 10 % warm-up, horizontal flips. A plain single-process
+weight-decay ranges (its zoom and eval view: the first of a choice), one cosine cycle with 10 %
+warm-up, horizontal flips; the training crop is one random window per batch (a shortcut of the
+per-image pipeline, which the resize-vs-crop case uses). ``--zoom`` / ``--lr`` / ``--eval-view``
+override the space for every arch (to compare). A plain single-process
 loop on preloaded tensors (2 threads): what the model costs, without Ray's start-up. The AUC's
 standard error is a bootstrap over the val set (scipy.stats.bootstrap, 1000 resamples, paired);
 ``z`` = (AUC - 0.5) / SE, and "learns" means z >= 5 (issue #11, section 4).
@@ -54,11 +59,13 @@ def _mid(spec, default):
 
 
 def recipe(arch: str) -> dict:
-    """lr / weight decay from the arch's all_models.yaml ranges."""
+    """lr / weight decay from the arch's all_models.yaml ranges; its zoom and eval view (the first choice)."""
     from dfsearch import search_space
 
     params = search_space.load("all_models").archs[arch]
-    return dict(lr=_mid(params.get("lr"), 1e-3), weight_decay=_mid(params.get("weight_decay"), 0.01))
+    return dict(lr=_mid(params.get("lr"), 1e-3), weight_decay=_mid(params.get("weight_decay"), 0.01),
+                zoom=int(_mid(params.get("zoom"), 1)), eval_view=_mid(params.get("eval_view"), "center"),
+                eval_tiles=int(_mid(params.get("eval_tiles"), 2)))
 
 
 def load_split(root: str, items: list, transform):
@@ -84,14 +91,16 @@ def auc_with_se(y, p, seed: int = 0) -> tuple[float, float]:
 
 
 def train_eval(model, x_tr, y_tr, x_va, y_va, *, steps: int, batch: int, lr: float, weight_decay: float,
-               seed: int = 0, augment=None) -> dict:
+               seed: int = 0, augment=None, crop=None) -> dict:
     """One straight loop: AdamW, cosine with 10 % warm-up, hflip; then val accuracy / AUC (+ SE).
-    ``augment(x_uint8_batch, generator) -> float batch`` replaces the default (preloaded float
-    tensors, flipped) when the pipeline is per image (the resize-vs-crop case)."""
+    ``augment(idx, generator) -> float batch`` replaces the default (preloaded float tensors,
+    flipped, then ``crop``: the view's training ops, on the whole batch) when the pipeline is per
+    image (the resize-vs-crop case). ``x_va`` may hold tiles (N, K, C, H, W): their mean counts."""
     import torch
     from timm.scheduler import CosineLRScheduler
 
-    from dfsearch.models import loss_fn, prob_fake
+    from dfsearch.data.views import predict_probs
+    from dfsearch.models import loss_fn
 
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -105,6 +114,9 @@ def train_eval(model, x_tr, y_tr, x_va, y_va, *, steps: int, batch: int, lr: flo
             x = x_tr[idx]
             flip = torch.rand(batch, generator=g) < 0.5
             x[flip] = x[flip].flip(-1)
+            if crop is not None:  # one random window for the batch (a shortcut of the per-image pipeline)
+                torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))
+                x = crop(x)
         else:
             x = augment(idx, g)
         loss = loss_fn(model(x), y_tr[idx])
@@ -116,7 +128,7 @@ def train_eval(model, x_tr, y_tr, x_va, y_va, *, steps: int, batch: int, lr: flo
     model.eval()
     t0 = time.perf_counter()
     with torch.no_grad():
-        p = torch.cat([prob_fake(model(x_va[i:i + 100])) for i in range(0, len(y_va), 100)]).numpy()
+        p = torch.cat([predict_probs(model, x_va[i:i + 100]) for i in range(0, len(y_va), 100)]).numpy()
     eval_s = time.perf_counter() - t0
     auc, se = auc_with_se(y_va.numpy(), p, seed)
     acc = float(((p > 0.5) == y_va.numpy().astype(bool)).mean())
@@ -125,32 +137,37 @@ def train_eval(model, x_tr, y_tr, x_va, y_va, *, steps: int, batch: int, lr: flo
                 final_loss=loss.item())
 
 
-def one_arch(arch: str, steps: int, batch: int, seed: int) -> dict:
+def one_arch(arch: str, steps: int, batch: int, seed: int, overrides: dict | None = None) -> dict:
     """Runs in its own process: build, preload, train, evaluate; peak RSS of this process."""
     import torch
 
+    from torchvision.transforms import v2 as T
+
     from dfsearch import models
+    from dfsearch.data.discover import discover
     from dfsearch.data.loading import build_transform
     from dfsearch.data.synth import default_dataset
-    from dfsearch.data.views import View
+    from dfsearch.data.views import View, resolve, spatial_ops
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     torch.manual_seed(seed)
-    size = models.fit_img_size(arch, 64)
+    r = recipe(arch)
+    r.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    size = models.fit_img_size(arch, 64, r["zoom"])
     dc = models.data_config(arch, size)
-    view = View("crop" if size <= 64 else "resize", size)  # what auto resolves to on 64 px images
-    tf = build_transform(view, dc["mean"], dc["std"], None)
-    from dfsearch.data.discover import discover
-
+    view = resolve("auto", size, [(64, 64)], zoom=r["zoom"], eval_view=r["eval_view"],
+                   eval_tiles=r["eval_tiles"])  # as a trial resolves it
     root = str(default_dataset())
     index = discover(root)
-    x_tr, y_tr = load_split(root, index.splits["train"], tf)
-    x_va, y_va = load_split(root, index.splits["valid"], tf)
+    # training: the whole 64 px images preloaded, then the view's random crop (+ zoom) per batch
+    x_tr, y_tr = load_split(root, index.splits["train"], build_transform(View("native", 64), dc["mean"], dc["std"]))
+    crop = T.Compose(spatial_ops(view, train=True)) if view.policy != "native" else None
+    x_va, y_va = load_split(root, index.splits["valid"], build_transform(view, dc["mean"], dc["std"], None))
     rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     model = models.create(arch, pretrained=False, num_classes=1, img_size=size)
-    r = recipe(arch)
-    out = train_eval(model, x_tr, y_tr, x_va, y_va, steps=steps, batch=batch, seed=seed, **r)
-    return dict(arch=arch, img_size=size, params_m=models.count_params(model) / 1e6, **r, **out,
+    out = train_eval(model, x_tr, y_tr, x_va, y_va, steps=steps, batch=batch, seed=seed, crop=crop,
+                     lr=r["lr"], weight_decay=r["weight_decay"])
+    return dict(arch=arch, img_size=size, policy=view.policy, params_m=models.count_params(model) / 1e6, **r, **out,
                 peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, data_rss_mb=rss_data)
 
 
@@ -185,9 +202,10 @@ def views_case(steps: int, batch: int, seed: int, n: int) -> list[dict]:
                 return torch.stack([ds[int(i)][0] for i in idx])
 
             torch.manual_seed(seed)
+            r = recipe("small_cnn")
             model = models.create("small_cnn", pretrained=False, num_classes=1, img_size=64)
             out = train_eval(model, None, y_tr, x_va, y_va, steps=steps, batch=batch, seed=seed,
-                             augment=augment, **recipe("small_cnn"))
+                             augment=augment, lr=r["lr"], weight_decay=r["weight_decay"])
             rows.append(dict(policy=policy, **out))
             print(f"  {policy}: val_acc {out['val_acc']:.3f} val_auc {out['val_auc']:.3f} "
                   f"(SE {out['auc_se']:.3f})", file=sys.stderr, flush=True)
@@ -230,11 +248,15 @@ def main() -> None:
     ap.add_argument("--view-steps", type=int, default=300)
     ap.add_argument("--skip-views", action="store_true")
     ap.add_argument("--only-views", action="store_true")
+    ap.add_argument("--zoom", type=int, help="override every arch's zoom (default: its all_models.yaml one)")
+    ap.add_argument("--lr", type=float, help="override every arch's lr")
+    ap.add_argument("--eval-view", choices=("center", "tiles"), help="override every arch's eval view")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one arch in this process
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one_arch(args.one, args.steps, args.batch, args.seed)))
+        print(json.dumps(one_arch(args.one, args.steps, args.batch, args.seed,
+                                  dict(zoom=args.zoom, lr=args.lr, eval_view=args.eval_view))))
         return
     from dfsearch import models
     from dfsearch.data.synth import default_dataset
@@ -244,8 +266,10 @@ def main() -> None:
     for i, arch in enumerate([] if args.only_views else (args.archs or models.known_archs())):
         print(f"[{i + 1}] {arch} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
+        extra = [a for k in ("zoom", "lr", "eval_view") if getattr(args, k) is not None
+                 for a in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
         p = subprocess.run([sys.executable, __file__, "--one", arch, "--steps", str(args.steps), "--batch",
-                            str(args.batch), "--seed", str(args.seed)], capture_output=True, text=True)
+                            str(args.batch), "--seed", str(args.seed), *extra], capture_output=True, text=True)
         try:
             row = json.loads(p.stdout.strip().splitlines()[-1])
         except (IndexError, json.JSONDecodeError):

@@ -50,7 +50,7 @@ class Member:
     def describe(self) -> dict:
         return {"candidate": self.candidate, "weight": self.weight, "checkpoint": self.checkpoint,
                 "arch": self.arch, "img_size": self.view.img_size, "input_policy": self.view.policy,
-                "eval_view": self.view.eval_view, "mean": list(self.mean), "std": list(self.std)}
+                "eval_view": self.view.eval_view, "zoom": self.view.zoom, "mean": list(self.mean), "std": list(self.std)}
 
 
 def _read_ensemble(path: Path) -> dict:
@@ -111,7 +111,7 @@ def load_members(ensemble_json_path, device: str = "cpu") -> list[Member]:
         size = int(data["input_size"][-1]) if data.get("input_size") else int(train["img_size"])
         # a checkpoint from before input policies was trained on resized images
         view = View(train.get("input_policy", "resize"), size, train.get("eval_view", "center"),
-                    int(train.get("eval_tiles", 2)))
+                    int(train.get("eval_tiles", 2)), int(train.get("zoom", 1)))
         members.append(Member(candidate=name, weight=float(m["weight"]) / total, checkpoint=str(ckpt),
                               arch=str(train.get("arch", "")), view=view, mean=tuple(data["mean"]),
                               std=tuple(data["std"]), model=model))

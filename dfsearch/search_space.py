@@ -25,8 +25,9 @@ anchors share between archs (``x-aug: &aug {...}``, then ``aug: *aug``).
 Per arch besides the optimiser ranges: ``pretrained`` (false, true = the arch's default tag, a tag
 of ``dfsearch models``, a weights file or a directory of ``<arch>.safetensors``), ``layer_decay``,
 ``input_policy`` (auto | crop | resize | native: ``dfsearch.data.views``), ``eval_view``
-(center | tiles), ``eval_tiles``. A profile's ``img_size`` is raised to an arch's minimum where it
-is below it (``models.fit_img_size``).
+(center | tiles), ``eval_tiles``, ``zoom`` (each pixel of the view as zoom x zoom input pixels). A
+profile's ``img_size`` is raised to an arch's minimum where it is below it, and to a multiple of the
+trial's zoom (``models.fit_img_size``).
 
 A parameter is a constant or one of ``{log_uniform: [lo, hi]}``, ``{uniform: [lo, hi]}``,
 ``{int: [lo, hi]}`` (hi may be ``all`` for ``unfrozen``), ``{choice: [a, b, ...]}``.
@@ -50,7 +51,7 @@ from dfsearch.paths import SPACES_DIR
 
 KINDS = ("log_uniform", "uniform", "int", "choice")
 TUNABLE = ("lr", "weight_decay", "unfrozen", "batch_size", "optimizer", "warmup_epochs", "pretrained",
-           "num_classes", "oversample", "layer_decay", "input_policy", "eval_view", "eval_tiles")
+           "num_classes", "oversample", "layer_decay", "input_policy", "eval_view", "eval_tiles", "zoom")
 AUG_KEYS = tuple(AugConfig.model_fields)
 
 
@@ -107,12 +108,15 @@ class Space:
 
         sizes = list(image_sizes)
         size = self.profile(profile_name).img_size
+        def values(params, key, default):
+            spec = params.get(key, default)
+            return spec[1] if isinstance(spec, tuple) and spec[0] == "choice" else [spec]
+
         for arch, params in self.archs.items():
-            spec = params.get("input_policy", "auto")
-            policies = spec[1] if isinstance(spec, tuple) else [spec]
-            for policy in policies:
-                views.resolve(policy, models.fit_img_size(arch, size), sizes,
-                              where=f"{self.path}: field archs.{arch}.input_policy (profile {profile_name})")
+            for policy in values(params, "input_policy", "auto"):
+                for zoom in values(params, "zoom", 1):
+                    views.resolve(policy, models.fit_img_size(arch, size, zoom), sizes, zoom=zoom,
+                                  where=f"{self.path}: field archs.{arch}.input_policy (profile {profile_name})")
 
     def weight_requests(self) -> list[tuple[str, str]]:
         """``(arch, tag)`` for every published-weights tag a trial of this space could ask for."""
@@ -143,7 +147,8 @@ class Space:
         arch = config["arch"]
         params = dict(config.get(arch, {}))
         aug = params.pop("aug", {})
-        return TrainConfig(arch=arch, img_size=models.fit_img_size(arch, profile.img_size), epochs=profile.max_epochs,
+        size = models.fit_img_size(arch, profile.img_size, int(params.get("zoom", 1)))
+        return TrainConfig(arch=arch, img_size=size, epochs=profile.max_epochs,
                            metric=self.metric, seed=seed, aug=AugConfig(**aug),
                            loader_workers=profile.loader_workers, **params)
 
@@ -261,7 +266,8 @@ def _check_arch(path: Path, arch: str, params: dict) -> dict:
         aug = {k: v[min(i, len(v) - 1)] for k, v in aug_corners.items()}
         try:
             TrainConfig(arch=arch, epochs=max(2, math.ceil(float(pick.get("warmup_epochs", 0))) + 1),
-                        img_size=models.fit_img_size(arch, TrainConfig.model_fields["img_size"].default),
+                        img_size=models.fit_img_size(arch, TrainConfig.model_fields["img_size"].default,
+                                                     int(pick.get("zoom", 1))),
                         aug=AugConfig(**aug), **pick)
         except ValidationError as e:
             err = e.errors()[0]

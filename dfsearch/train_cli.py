@@ -38,6 +38,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default="none",
                    help="none | timm (hub/cache) | PATH to a weights file | DIR holding ARCH.safetensors")
     p.add_argument("--img-size", type=int, default=64)
+    p.add_argument("--input-policy", default="auto", choices=("auto", "crop", "resize", "native"),
+                   help="what the network sees: crops at native resolution (auto, when the images are large "
+                        "enough), the whole image resized, or the image as it is")
+    p.add_argument("--zoom", type=int, default=1,
+                   help="each pixel of the view as ZOOM x ZOOM input pixels (a crop of img-size/ZOOM)")
+    p.add_argument("--eval-view", default="center", choices=("center", "tiles"),
+                   help="evaluation and predict: the centre crop, or the mean over a 2 x 2 grid of crops")
     p.add_argument("--num-classes", type=int, default=1, choices=[1, 2])
     p.add_argument("--oversample", action="store_true", help="oversample the minority class in train")
     p.add_argument("--loader-workers", type=int, default=0, help="DataLoader processes per worker")
@@ -62,6 +69,7 @@ def _train_config(args):
         return TrainConfig(arch=args.arch, pretrained=pretrained, epochs=args.epochs,
                            batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                            unfrozen=args.unfrozen, img_size=args.img_size, seed=args.seed,
+                           input_policy=args.input_policy, zoom=args.zoom, eval_view=args.eval_view,
                            oversample=args.oversample, num_classes=args.num_classes,
                            loader_workers=args.loader_workers)
     except ValidationError as e:

@@ -33,7 +33,7 @@ if target.endswith(".py"):
 else:
     runpy.run_module(target, run_name="__main__", alter_sys=True)
 """ % (HEAVY,)
-LIGHT = {"train_missing_data", "train_unknown_arch", "train_empty", "train_no_layout", "inspect_missing",
+LIGHT = {"train_missing_data", "train_unknown_arch", "train_bad_zoom", "train_empty", "train_no_layout", "inspect_missing",
          "search_unknown_space", "search_bad_yaml", "search_no_layout", "search_resume_missing",
          "search_resume_lists", "search_zero_samples", "search_remote_out", "search_no_cluster", "train_no_cluster"}
 
@@ -69,6 +69,7 @@ def _commands(p: dict) -> dict:
     return {
         "train_missing_data": (["train", "--data", "/nonexistent"], "dfsearch", False),
         "train_unknown_arch": (["train", "--arch", "nope"], "dfsearch", False),
+        "train_bad_zoom": (["train", "--zoom", 3], "dfsearch", False),
         "train_empty": (["train", "--data", p["empty"]], "dfsearch", False),
         "train_no_layout": (["train", "--data", p["no_layout"]], "dfsearch", False),
         "train_missing_weights": (["train", "--arch", "resnet18", "--pretrained", p["missing_weights"],
@@ -190,6 +191,13 @@ def test_train_missing_data(runs):
     err = _failed(r, "dfsearch train")
     assert "/nonexistent" in err and "does not exist" in err
     assert "accepted layouts" in err  # says what would be accepted
+    _nothing_written(r)
+
+
+def test_train_zoom_that_does_not_divide_the_input_is_refused_before_any_work(runs):
+    r = result(runs, "train_bad_zoom")
+    err = _failed(r, "dfsearch train")
+    assert "zoom 3: accepted: an integer >= 1 that divides the img_size (64)" in err
     _nothing_written(r)
 
 

@@ -57,7 +57,7 @@ def test_family_files_reuse_the_full_space(shipped):
         assert set(fam.archs) == archs, name
         assert all(fam.archs[a] == full.archs[a] for a in archs)
         assert fam.profiles == full.profiles and fam.metric == full.metric
-    assert set(shipped["demo"].archs) == {"small_cnn", "resnet18", "mobilenetv2_100", "vit_tiny_patch16_224"}
+    assert set(shipped["demo"].archs) == {"small_cnn", "resnet18", "mobilenetv2_100"}
     tune = shipped["finetune"]
     assert all(p["pretrained"] is True and p["layer_decay"][0] == "uniform" for p in tune.archs.values())
 
@@ -111,8 +111,10 @@ def test_sampler_always_builds_a_valid_train_config(space_name, shipped):
                 cfg = space.train_config(config, profile, seed=i)
                 assert isinstance(cfg, TrainConfig)
                 assert cfg.arch == arch and cfg.seed == i
-                # the profile's size, raised to what the arch accepts (InceptionV3: 75 at least)
-                assert cfg.img_size == max(profile.img_size, models.get_spec(arch).min_img_size)
+                # the profile's size, raised to what the arch accepts (InceptionV3: 75 at least) and
+                # rounded up to a multiple of the zoom (InceptionV3 at zoom 2: 76, AlexNet at 4: 64)
+                want = max(profile.img_size, models.get_spec(arch).min_img_size)
+                assert cfg.img_size == -(-want // cfg.zoom) * cfg.zoom
                 assert cfg.epochs == profile.max_epochs
                 assert cfg.metric == space.metric
                 TrainConfig(**cfg.model_dump())  # plain JSON round trip stays valid
@@ -357,3 +359,14 @@ def test_bad_prune_metric(tmp_path):
     p = _write(tmp_path, "pm", _with(prune_metric="auc"))
     msg = _error(p)
     assert str(p) in msg and "prune_metric" in msg and "val_auc" in msg
+
+
+def test_every_zoom_a_space_can_draw_is_checked_against_the_images(tmp_path):
+    archs = {"resnet18": {"lr": 1.0e-3, "input_policy": "crop", "zoom": {"choice": [2, 1]}}}
+    space = search_space.load(_write(tmp_path, "zoomed", _with(archs=archs)))
+    space.check_views("cpu", [(256, 256)])  # 64 px crops, or 32 px ones zoomed to 64: both fit
+    with pytest.raises(DfsearchError, match=r"archs\.resnet18\.input_policy \(profile cpu\).*a 64 px crop is "
+                                            r"larger than the images \(40x40 px"):
+        space.check_views("cpu", [(40, 40)])  # zoom 2 would fit (32 px crops); zoom 1 does not
+    archs["resnet18"]["zoom"] = 2
+    search_space.load(_write(tmp_path, "zoom2", _with(archs=archs))).check_views("cpu", [(40, 40)])

@@ -119,3 +119,33 @@ def test_the_mild_rescaled_crop_is_a_training_op_that_keeps_the_size():
     evaluation = build_transform(View("crop", 32), **IDENTITY)
     assert "RandomRescaledCrop(size=32, rescale=0.1)" in repr(train)
     assert "Rescaled" not in repr(evaluation)
+
+
+def test_zoom_replicates_native_pixels_exactly_for_training_and_evaluation():
+    img, src = _image(48)
+    x = build_transform(View("crop", 32, zoom=2), **IDENTITY)(img)  # centre 16 px, each pixel 2 x 2
+    assert x.shape == (3, 32, 32)
+    assert torch.equal(_pixels(x), src[:, 16:32, 16:32].repeat_interleave(2, 1).repeat_interleave(2, 2))
+    train = build_transform(View("crop", 32, zoom=2), **IDENTITY, aug=Augment(hflip=0.0))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        x = _pixels(train(img))
+        assert any(torch.equal(x, src[:, t:t + 16, l:l + 16].repeat_interleave(2, 1).repeat_interleave(2, 2))
+                   for t, l in _windows(src, 16))
+    tiles = build_transform(View("crop", 32, eval_view="tiles", eval_tiles=3, zoom=2), **IDENTITY)(img)
+    assert tiles.shape == (9, 3, 32, 32)  # 3 x 3 crops of 16 px spread over the 48 px image, each zoomed
+    assert torch.equal(_pixels(tiles[8]), src[:, 32:, 32:].repeat_interleave(2, 1).repeat_interleave(2, 2))
+    native = build_transform(resolve("native", 32, [(48, 48)], zoom=2), **IDENTITY)(img)
+    assert native.shape == (3, 96, 96)
+
+
+def test_zoom_takes_the_crop_from_the_images_and_must_divide_the_input():
+    assert resolve("auto", 64, [(40, 40)], zoom=2) == View("crop", 64, zoom=2)  # a 32 px crop fits
+    assert resolve("auto", 64, [(24, 24)], zoom=2).policy == "resize"
+    with pytest.raises(DfsearchError, match=r"a 32 px crop is larger than the images \(24x24 px"):
+        resolve("crop", 64, [(24, 24)], zoom=2)
+    with pytest.raises(DfsearchError, match=r"zoom 3: accepted: an integer >= 1 that divides the img_size \(64\)"):
+        resolve("crop", 64, [(64, 64)], zoom=3)
+    from dfsearch import models
+
+    assert models.fit_img_size("inception_v3", 64, 2) == 76  # its minimum (75), raised to a multiple of 2

@@ -14,8 +14,17 @@ Policies (``TrainConfig.input_policy``):
   evaluation: what plain image classifiers do;
 * ``native``: the whole image as it is; ``img_size`` becomes the images' own side (they must be
   square and of one size, to be batched);
-* ``auto`` (the default): ``crop`` when the images are at least ``img_size`` on both sides, else
+* ``auto`` (the default): ``crop`` when the images are at least the crop on both sides, else
   ``resize`` (images smaller than the network's input cannot be cropped to it).
+
+``zoom`` (an integer, 1 by default): every pixel of the view becomes a ``zoom`` x ``zoom`` block of
+identical input pixels (nearest-neighbour, exact: no value is interpolated), so a crop is
+``img_size / zoom`` native pixels (``resize``: the image resized to ``img_size / zoom``). Why: most ImageNet networks
+downsample x4 before their second layer (a stride-2 stem and a max-pool), which suits 224 px
+photographs but throws away the pixel-level trace a fake is found by when the images are small;
+zoom 2 lets the stem's stride fall on replicated pixels instead of native ones, at the same compute
+(a ResNet-18 from scratch on the embedded benchmark: val AUC 0.53 at zoom 1, 0.64 at zoom 2 in the
+same budget; BENCHMARKS.md section 7).
 
 ``resolve`` turns ``auto`` into a concrete policy at the boundary (before Ray), from the sizes of
 a sample of the dataset's images; the workers, the checkpoint's config and ``predict`` only ever
@@ -41,39 +50,56 @@ class View:
     img_size: int      # the network's input side
     eval_view: str = "center"
     eval_tiles: int = 2
+    zoom: int = 1      # input pixels per image pixel, per side (crop / native)
+
+    @property
+    def crop(self) -> int:
+        """The side of the image region the network sees, in native pixels."""
+        return self.img_size // self.zoom
+
+
+def check_zoom(img_size: int, zoom: int, where: str = "zoom") -> None:
+    """DfsearchError unless ``zoom`` divides ``img_size``."""
+    if zoom < 1 or img_size % zoom:
+        raise DfsearchError(f"{where} {zoom}: accepted: an integer >= 1 that divides the img_size ({img_size})")
 
 
 def resolve(policy: str, img_size: int, image_sizes: Iterable[tuple[int, int]], *,
-            eval_view: str = "center", eval_tiles: int = 2, where: str = "input_policy") -> View:
+            eval_view: str = "center", eval_tiles: int = 2, zoom: int = 1, where: str = "input_policy") -> View:
     """The concrete view of ``policy`` for images of ``image_sizes`` (``(width, height)``, a
     sample of the dataset's). Raises DfsearchError naming ``where`` when the policy cannot work on
-    these images (a crop larger than the images, ``native`` on images of mixed or non-square sizes)."""
+    these images (a crop larger than the images, ``native`` on images of mixed or non-square sizes,
+    a ``zoom`` the policy or size cannot take)."""
     if policy not in POLICIES:
         raise DfsearchError(f"{where} {policy!r}: accepted: {', '.join(POLICIES)}")
     if eval_view not in EVAL_VIEWS:
         raise DfsearchError(f"eval_view {eval_view!r}: accepted: {', '.join(EVAL_VIEWS)}")
+    if policy != "native":
+        check_zoom(img_size, zoom)
     sizes = sorted(set(image_sizes))
     if not sizes:  # nothing to look at (no data given yet): the policy as asked, auto as crop
-        return View("crop" if policy == "auto" else policy, img_size, eval_view, eval_tiles)
+        return View("crop" if policy == "auto" else policy, img_size, eval_view, eval_tiles, zoom)
     smallest = min(min(w, h) for w, h in sizes)
+    crop = img_size // zoom
     if policy == "auto":
-        policy = "crop" if smallest >= img_size else "resize"
-    if policy == "crop" and smallest < img_size:
+        policy = "crop" if smallest >= crop else "resize"
+    if policy == "crop" and smallest < crop:
         w, h = min(sizes, key=lambda s: min(s))
-        raise DfsearchError(f"{where} crop: a {img_size} px crop is larger than the images ({w}x{h} px "
-                            f"seen); use an img_size <= {smallest}, or input_policy resize")
+        raise DfsearchError(f"{where} crop: a {crop} px crop is larger than the images ({w}x{h} px "
+                            f"seen); use an img_size <= {smallest * zoom}, or input_policy resize")
     if policy == "native":
         if len(sizes) > 1 or sizes[0][0] != sizes[0][1]:
             shown = ", ".join(f"{w}x{h}" for w, h in sizes[:4])
             raise DfsearchError(f"{where} native: needs square images of one size to batch them; seen {shown}; "
                                 f"use input_policy crop")
-        img_size = sizes[0][0]
-    return View(policy, img_size, eval_view, eval_tiles)
+        img_size = sizes[0][0] * zoom
+    return View(policy, img_size, eval_view, eval_tiles, zoom)
 
 
 def view_of(cfg, image_sizes: Iterable[tuple[int, int]]) -> View:
     """The concrete view of a ``TrainConfig`` for images of ``image_sizes``."""
-    return resolve(cfg.input_policy, cfg.img_size, image_sizes, eval_view=cfg.eval_view, eval_tiles=cfg.eval_tiles)
+    return resolve(cfg.input_policy, cfg.img_size, image_sizes, eval_view=cfg.eval_view, eval_tiles=cfg.eval_tiles,
+                   zoom=cfg.zoom)
 
 
 def tile_origins(side: int, size: int, n: int) -> list[int]:
@@ -87,18 +113,21 @@ def tile_origins(side: int, size: int, n: int) -> list[int]:
 def spatial_ops(view: View, train: bool, rescale: float = 0.0) -> list:
     """The torchvision.transforms.v2 ops that choose the pixels the network sees. ``rescale`` > 0
     (training only): a mild random-resized crop instead of the plain one (``RandomRescaledCrop``)."""
+    from torchvision.transforms import InterpolationMode
     from torchvision.transforms import v2 as T
 
-    s = view.img_size
+    s, c = view.img_size, view.crop
+    # nearest-exact at an integer factor replicates each pixel zoom x zoom times (no interpolation)
+    zoom = [T.Resize((s, s), interpolation=InterpolationMode.NEAREST_EXACT)] if view.zoom > 1 else []
     if view.policy == "native":
-        return []
+        return zoom
     if view.policy == "resize":
-        return [T.Resize((s, s), antialias=True)] + ([RandomRescaledCrop(s, rescale)] if train and rescale else [])
+        return [T.Resize((c, c), antialias=True)] + ([RandomRescaledCrop(c, rescale)] if train and rescale else []) + zoom
     if train:
-        return [RandomRescaledCrop(s, rescale) if rescale else T.RandomCrop(s, pad_if_needed=True)]
+        return [RandomRescaledCrop(c, rescale) if rescale else T.RandomCrop(c, pad_if_needed=True)] + zoom
     if view.eval_view == "tiles":
-        return [Tiles(s, view.eval_tiles)]
-    return [T.CenterCrop(s)]
+        return [Tiles(c, view.eval_tiles)] + zoom
+    return [T.CenterCrop(c)] + zoom
 
 
 class RandomRescaledCrop:

@@ -110,13 +110,17 @@ def num_groups(arch: str) -> int:
     return get_spec(arch).groups
 
 
-def fit_img_size(arch: str, img_size: int) -> int:
-    """``img_size`` raised to what ``arch`` accepts (its minimum, a multiple of its patch): a
-    profile's size is a budget for every arch, and the few that cannot take it (InceptionV3 below
-    75 px) train at their smallest size instead; the trial's config records the size it used."""
+def fit_img_size(arch: str, img_size: int, zoom: int = 1) -> int:
+    """``img_size`` raised to what ``arch`` accepts (its minimum, a multiple of its patch and of
+    ``zoom``, the input policy's pixel replication): a profile's size is a budget for every arch,
+    and the few that cannot take it (InceptionV3 below 75 px) train at their smallest size
+    instead; the trial's config records the size it used."""
+    import math
+
     spec = get_spec(arch)
     size = max(img_size, spec.min_img_size)
-    return -(-size // spec.size_multiple) * spec.size_multiple
+    multiple = math.lcm(spec.size_multiple, zoom)
+    return -(-size // multiple) * multiple
 
 
 NO_WEIGHTS = (None, False, "", "none", "None", "false", "False")

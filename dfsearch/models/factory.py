@@ -84,7 +84,7 @@ def create(arch: str, pretrained: bool | str | os.PathLike = False, num_classes:
     if kind == "path":
         kw["pretrained_cfg_overlay"] = dict(file=value)
     try:
-        return timm.create_model(name, pretrained=kind != "none", **kw)
+        return init_head(timm.create_model(name, pretrained=kind != "none", **kw))
     except DfsearchError:
         raise
     except Exception as e:
@@ -94,6 +94,27 @@ def create(arch: str, pretrained: bool | str | os.PathLike = False, num_classes:
             raise DfsearchError(f"{how_to_provide(arch)} (underlying error: {type(e).__name__}: "
                                 f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
         raise
+
+
+HEAD_STD = 0.01
+
+
+def init_head(model: nn.Module) -> nn.Module:
+    """The timm model with its classifier drawn N(0, ``HEAD_STD``), bias 0. Our 1 or 2 classes are
+    never a published head's, so the head is always new (timm drops a pretrained one of another
+    class count), and its family's init can be far off for one output. Why: timm's EfficientNet /
+    MobileNet init draws the classifier U(-1/sqrt(out), 1/sqrt(out)), for one output U(-1, 1) over
+    1280 features: MobileNetV2's initial logits have std ~7, and from scratch (or fine-tuning) the
+    training loss stayed above chance (> ln 2) for the cpu profile's whole budget; InceptionV3's
+    trunc-normal(0.1) head does the same over 2048 features. A small head starts every family at
+    p ~ 0.5 (BiT and timm's ``head_init_scale`` do the same for transfer)."""
+    head = model.get_classifier()
+    layers = [m for m in (head.modules() if isinstance(head, nn.Module) else []) if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if layers:  # the last one emits the logits
+        nn.init.trunc_normal_(layers[-1].weight, std=HEAD_STD)
+        if layers[-1].bias is not None:
+            nn.init.zeros_(layers[-1].bias)
+    return model
 
 
 def data_config(arch: str, img_size: int) -> dict:
