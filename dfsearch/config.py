@@ -53,7 +53,7 @@ class TrainConfig(BaseModel):
     input_policy: Literal["auto", "crop", "resize", "native"] = "auto"
     eval_view: Literal["center", "tiles"] = "center"
     eval_tiles: int = Field(2, ge=1, le=8)  # tiles per side for eval_view tiles
-    zoom: int = Field(1, ge=1, le=8)  # each image pixel as zoom x zoom input pixels (crop / native)
+    zoom: int = Field(1, ge=1, le=8)  # each pixel of the view as zoom x zoom input pixels (dfsearch.data.views)
     unfrozen: Union[int, Literal["all"]] = "all"
     epochs: int = Field(3, ge=1, le=1000)
     batch_size: int = Field(64, ge=1, le=4096)
@@ -77,8 +77,7 @@ class TrainConfig(BaseModel):
         from dfsearch.data import views
 
         models.validate(self.arch, self.num_classes, self.img_size, self.pretrained)  # DfsearchError names the arch
-        if self.input_policy != "native":
-            views.check_zoom(self.img_size, self.zoom)
+        views.check_zoom(self.input_policy, self.img_size, self.zoom)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer {self.optimizer!r} is not accepted; accepted: {', '.join(OPTIMIZERS)}")
         if self.warmup_epochs >= self.epochs:

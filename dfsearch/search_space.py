@@ -108,13 +108,10 @@ class Space:
 
         sizes = list(image_sizes)
         size = self.profile(profile_name).img_size
-        def values(params, key, default):
-            spec = params.get(key, default)
-            return spec[1] if isinstance(spec, tuple) and spec[0] == "choice" else [spec]
-
         for arch, params in self.archs.items():
-            for policy in values(params, "input_policy", "auto"):
-                for zoom in values(params, "zoom", 1):
+            # a range's ends suffice: the smallest zoom takes the largest crop
+            for policy in _extreme_values(params.get("input_policy", "auto")):
+                for zoom in _extreme_values(params.get("zoom", 1)):
                     views.resolve(policy, models.fit_img_size(arch, size, zoom), sizes, zoom=zoom,
                                   where=f"{self.path}: field archs.{arch}.input_policy (profile {profile_name})")
 
@@ -125,7 +122,7 @@ class Space:
         out = []
         for arch, params in self.archs.items():
             spec = params.get("pretrained", False)
-            for value in (spec[1] if isinstance(spec, tuple) else [spec]):
+            for value in _extreme_values(spec):  # a constant or a choice (no range takes a weights value)
                 kind, tag = models.pretrained_kind(arch, value)
                 if kind == "tag" and (arch, tag) not in out:
                     out.append((arch, tag))
@@ -229,6 +226,7 @@ def _check_param(path: Path, where: str, key: str, spec, arch: str):
 
 
 def _extreme_values(spec):
+    """A constant as ``[value]``, a choice's options, a range's two ends."""
     if not isinstance(spec, tuple):
         return [spec]
     kind, args = spec

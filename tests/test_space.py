@@ -368,5 +368,8 @@ def test_every_zoom_a_space_can_draw_is_checked_against_the_images(tmp_path):
     with pytest.raises(DfsearchError, match=r"archs\.resnet18\.input_policy \(profile cpu\).*a 64 px crop is "
                                             r"larger than the images \(40x40 px"):
         space.check_views("cpu", [(40, 40)])  # zoom 2 would fit (32 px crops); zoom 1 does not
+    archs["resnet18"]["zoom"] = {"int": [1, 4]}  # a range: its smallest zoom takes the largest crop
+    with pytest.raises(DfsearchError, match=r"a 64 px crop is larger than the images \(40x40 px"):
+        search_space.load(_write(tmp_path, "zoom_range", _with(archs=archs))).check_views("cpu", [(40, 40)])
     archs["resnet18"]["zoom"] = 2
     search_space.load(_write(tmp_path, "zoom2", _with(archs=archs))).check_views("cpu", [(40, 40)])

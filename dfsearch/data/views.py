@@ -19,12 +19,13 @@ Policies (``TrainConfig.input_policy``):
 
 ``zoom`` (an integer, 1 by default): every pixel of the view becomes a ``zoom`` x ``zoom`` block of
 identical input pixels (nearest-neighbour, exact: no value is interpolated), so a crop is
-``img_size / zoom`` native pixels (``resize``: the image resized to ``img_size / zoom``). Why: most ImageNet networks
-downsample x4 before their second layer (a stride-2 stem and a max-pool), which suits 224 px
-photographs but throws away the pixel-level trace a fake is found by when the images are small;
-zoom 2 lets the stem's stride fall on replicated pixels instead of native ones, at the same compute
-(a ResNet-18 from scratch on the embedded benchmark: val AUC 0.53 at zoom 1, 0.64 at zoom 2 in the
-same budget; BENCHMARKS.md section 7).
+``img_size / zoom`` native pixels (``resize``: the image resized to ``img_size / zoom``). Why:
+most ImageNet networks downsample x4 before their second layer (a stride-2 stem and a max-pool),
+which suits 224 px photographs but throws away the pixel-level trace a fake is found by when the
+images are small; zoom 2 lets the stem's stride fall on replicated pixels instead of native ones,
+at the same compute (a ResNet-18 from scratch on the embedded benchmark, in the cpu budget: val
+AUC 0.53 at zoom 1, 0.62 at zoom 2 with the small head of ``models.factory.init_head``;
+``bench/zoo.py``, BENCHMARKS.md section 7).
 
 ``resolve`` turns ``auto`` into a concrete policy at the boundary (before Ray), from the sizes of
 a sample of the dataset's images; the workers, the checkpoint's config and ``predict`` only ever
@@ -50,7 +51,7 @@ class View:
     img_size: int      # the network's input side
     eval_view: str = "center"
     eval_tiles: int = 2
-    zoom: int = 1      # input pixels per image pixel, per side (crop / native)
+    zoom: int = 1      # input pixels per pixel of the view, per side
 
     @property
     def crop(self) -> int:
@@ -58,10 +59,11 @@ class View:
         return self.img_size // self.zoom
 
 
-def check_zoom(img_size: int, zoom: int, where: str = "zoom") -> None:
-    """DfsearchError unless ``zoom`` divides ``img_size``."""
-    if zoom < 1 or img_size % zoom:
-        raise DfsearchError(f"{where} {zoom}: accepted: an integer >= 1 that divides the img_size ({img_size})")
+def check_zoom(policy: str, img_size: int, zoom: int) -> None:
+    """DfsearchError unless ``zoom`` divides ``img_size`` (``native``: any zoom, the input is the
+    images' side times it)."""
+    if zoom < 1 or (policy != "native" and img_size % zoom):
+        raise DfsearchError(f"zoom {zoom}: accepted: an integer >= 1 that divides the img_size ({img_size})")
 
 
 def resolve(policy: str, img_size: int, image_sizes: Iterable[tuple[int, int]], *,
@@ -74,8 +76,7 @@ def resolve(policy: str, img_size: int, image_sizes: Iterable[tuple[int, int]], 
         raise DfsearchError(f"{where} {policy!r}: accepted: {', '.join(POLICIES)}")
     if eval_view not in EVAL_VIEWS:
         raise DfsearchError(f"eval_view {eval_view!r}: accepted: {', '.join(EVAL_VIEWS)}")
-    if policy != "native":
-        check_zoom(img_size, zoom)
+    check_zoom(policy, img_size, zoom)
     sizes = sorted(set(image_sizes))
     if not sizes:  # nothing to look at (no data given yet): the policy as asked, auto as crop
         return View("crop" if policy == "auto" else policy, img_size, eval_view, eval_tiles, zoom)

@@ -108,8 +108,7 @@ def init_head(model: nn.Module) -> nn.Module:
     training loss stayed above chance (> ln 2) for the cpu profile's whole budget; InceptionV3's
     trunc-normal(0.1) head does the same over 2048 features. A small head starts every family at
     p ~ 0.5 (BiT and timm's ``head_init_scale`` do the same for transfer)."""
-    head = model.get_classifier()
-    layers = [m for m in (head.modules() if isinstance(head, nn.Module) else []) if isinstance(m, (nn.Linear, nn.Conv2d))]
+    layers = [m for m in model.get_classifier().modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     if layers:  # the last one emits the logits
         nn.init.trunc_normal_(layers[-1].weight, std=HEAD_STD)
         if layers[-1].bias is not None:
