@@ -92,7 +92,7 @@ _timm("swin_tiny_patch4_window7_224", "swin", 6, ("ms_in1k", "ms_in22k_ft_in1k",
 register(ModelSpec("alexnet", "alexnet", builder="dfsearch.models.alexnet:AlexNet", source="torchvision",
                    groups=6, min_img_size=63, pretrained_tags=("tv_in1k",)))
 register(ModelSpec("capsnet", "capsnet", builder="dfsearch.models.capsnet:CapsNet", source="dfsearch",
-                   groups=3, input_size=64, min_img_size=17))
+                   groups=3, input_size=64, min_img_size=16))
 
 
 def known_archs() -> list[str]:
