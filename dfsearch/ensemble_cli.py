@@ -1,7 +1,8 @@
 """Greedy (Caruana) ensemble selection on a run's prediction store, checked and logged to W&B.
 
     ensemble.py [--run DIR | --predictions DIR] [--top-k 4] [--metric accuracy] [--rounds 50]
-                [--nbest N] [--out DIR] [--json] [--wandb-mode MODE] [--wandb-project NAME]
+                [--nbest N] [--keep-chance-level] [--out DIR] [--json] [--wandb-mode MODE]
+                [--wandb-project NAME]
 
 ``--run DIR`` is a ``dfsearch train`` / search output folder (``predictions.parquet`` +
 ``candidates.parquet``); without it the most recently written ``runs/*/predictions.parquet`` is
@@ -53,6 +54,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", choices=METRICS, default="accuracy", help="val metric to optimise")
     p.add_argument("--rounds", type=int, default=50, help="greedy selection rounds (default 50)")
     p.add_argument("--nbest", type=int, help="only the N best candidates (by val score) enter the pool")
+    p.add_argument("--keep-chance-level", action="store_true",
+                   help="let candidates at chance on val (AUC not 2 SE above 0.5, or near-constant output) "
+                        "into the pool; by default they are left out and listed")
     p.add_argument("--out", help="output folder (default: <run>/ensemble)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     p.add_argument("--wandb-mode", choices=tracking.MODES,
@@ -132,7 +136,7 @@ def log_to_wandb(result: dict, out: Path, group: str, mode: str, project: str) -
     """One W&B run for the ensemble; returns the finished run (or None)."""
     import pandas as pd
 
-    config = {k: result[k] for k in ("top_k", "metric", "rounds", "nbest", "source")}
+    config = {k: result[k] for k in ("top_k", "metric", "rounds", "nbest", "chance_z", "source")}
     run = tracking.start_run(mode, project, group=group, job_type="ensemble", name=f"{group}-ensemble",
                              config=config, dir=out)
     if run is None:
@@ -142,7 +146,8 @@ def log_to_wandb(result: dict, out: Path, group: str, mode: str, project: str) -
                            "selection/val_log_loss": r["val_log_loss"]})
     tracking.log_table(run, "members", pd.DataFrame(result["members"]))
     tracking.log(run, {**_metrics_row(result), "best_round": result["best_round"],
-                       "pool_size": result["pool_size"], "n_members": len(result["members"])})
+                       "pool_size": result["pool_size"], "n_members": len(result["members"]),
+                       "excluded_chance_level": len(result["excluded_chance_level"])})
     tracking.log_images(run, {name.removesuffix(".png"): out / name for name in PLOTS})
     tracking.finish(run)
     return run
@@ -180,12 +185,14 @@ def run(args) -> int:
     out = Path(args.out) if args.out else store_dir / "ensemble"
 
     from dfsearch.ensemble import format_summary, run_ensemble  # numpy, pandas, sklearn: after the checks
+    from dfsearch.ensemble.screening import DEFAULT_Z
 
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         result = run_ensemble(store_dir, top_k=args.top_k, rounds=args.rounds, metric=args.metric,
-                              nbest=args.nbest, out_dir=scratch)
+                              nbest=args.nbest, chance_z=None if args.keep_chance_level else DEFAULT_Z,
+                              out_dir=scratch)
         check_members(result["members"], store_dir)
         out.mkdir(parents=True, exist_ok=True)
         for f in scratch.iterdir():

@@ -234,6 +234,71 @@ def test_nan_and_inf_candidates_are_never_selected(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# candidates at chance never enter the pool (issue #12)
+
+
+def _store_of(folder, kinds: dict, n=300, seed=0):
+    """Candidates by hand: ``kinds[name](y, rng) -> probabilities``, on val and test alike."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for split in ("val", "test"):
+        y = (np.arange(n) % 2).astype(np.int8)
+        ids = [f"{split}/img_{j:04d}.jpg" for j in range(n)]
+        frames += [predictions_frame(c, split, ids, y, f(y, rng)) for c, f in kinds.items()]
+    write_predictions(pd.concat(frames, ignore_index=True), folder)
+    return folder
+
+
+SHIFTED = {  # perfectly ranked but every probability below 0.5: accuracy 0.5 at the 0.5 threshold
+    "good": lambda y, rng: np.where(y == 1, rng.uniform(0.30, 0.45, len(y)), rng.uniform(0.05, 0.20, len(y))),
+    "constant": lambda y, rng: np.full(len(y), 0.7),  # averaged in, it moves the threshold: accuracy 1.0
+    "coin": lambda y, rng: rng.uniform(0.2, 0.8, len(y)),
+}
+
+
+def test_a_member_that_only_shifts_the_threshold_is_left_out(tmp_path):
+    store = _store_of(tmp_path / "store", SHIFTED)
+    # the case is real: let in, the constant is chosen and "wins" 0.5 points of accuracy
+    loose = run_ensemble(store, top_k=3, rounds=10, chance_z=None, out_dir=tmp_path / "loose")
+    assert "constant" in {m["candidate"] for m in loose["members"]}
+    assert loose["ensemble"]["test"]["accuracy"] >= loose["best_single"]["test"]["accuracy"] + 0.4
+
+    res = run_ensemble(store, top_k=3, rounds=10, out_dir=tmp_path / "out")
+    assert [m["candidate"] for m in res["members"]] == ["good"]
+    assert res["pool_size"] == 1 and res["candidates"] == 3 and res["chance_z"] == 2.0
+    why = {d["candidate"]: d for d in res["excluded_chance_level"]}
+    assert set(why) == {"constant", "coin"}
+    assert "near-constant" in why["constant"]["reason"] and why["constant"]["std"] == 0.0
+    assert "not above chance" in why["coin"]["reason"] and why["coin"]["z"] <= 2.0
+    assert "1 of 3 candidates; 2 at chance on val left out (coin, constant)" in format_summary(res)
+    assert json.loads((tmp_path / "out" / "ensemble.json").read_text())["excluded_chance_level"][0]["reason"]
+
+
+def test_no_candidate_above_chance_is_an_error_naming_them(tmp_path):
+    store = _store_of(tmp_path / "store", {k: SHIFTED[k] for k in ("constant", "coin")})
+    with pytest.raises(DfsearchError, match=r"no candidate beats chance on val: all 2 .*coin: val AUC .*constant: near-constant"
+                                            r".*--keep-chance-level"):
+        run_ensemble(store, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_screen_uses_the_null_standard_error_of_the_auc():
+    from sklearn.metrics import roc_auc_score
+
+    from dfsearch.ensemble.screening import null_auc_se, screen
+
+    y = (np.arange(600) % 2).astype(np.int8)
+    assert null_auc_se(y) == pytest.approx(np.sqrt(601 / (12 * 300 * 300)))  # 0.0236
+    rng = np.random.default_rng(1)
+    weak = np.clip(0.5 + 0.1 * (y - 0.5) + rng.normal(0, 0.2, 600), 0, 1)  # a weak but real detector
+    auc = roc_auc_score(y, weak)
+    keep, dropped = screen(np.stack([weak, 1 - weak]), y)
+    assert (auc - 0.5) / null_auc_se(y) > 2 and keep == [0]
+    assert dropped[0]["index"] == 1 and dropped[0]["val_auc"] == pytest.approx(1 - auc)  # worse than chance
+    assert screen(np.stack([weak]), np.ones(600, dtype=np.int8)) == ([0], [])  # one class: AUC undefined
+
+
+# ---------------------------------------------------------------------------------------------
 # bad input
 
 

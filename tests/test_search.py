@@ -402,7 +402,9 @@ def test_search_to_s3_leaves_everything_there_for_ensemble_and_predict_elsewhere
 
     shutil.rmtree(tmp_path / "cache")  # another machine: nothing local
     capsys.readouterr()
-    assert ensemble_main(["--run", target.uri, "--top-k", "4", "--wandb-mode", "disabled", "--json"]) == 0
+    # 4-step trials may sit at chance: the hand-over is under test here, not their quality
+    assert ensemble_main(["--run", target.uri, "--top-k", "4", "--wandb-mode", "disabled", "--json",
+                          "--keep-chance-level"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["uri"] == target.child("ensemble").uri and target.exists("ensemble/ensemble.json")
     preds = store.read_predictions(remote.staging_dir(target.uri))
@@ -425,7 +427,8 @@ def test_search_run_dir_feeds_the_ensemble_and_predict(seq, easy_data, capsys):
     from dfsearch.ensemble_cli import main as ensemble_main
     from dfsearch.predict import predict_paths
 
-    rc = ensemble_main(["--run", str(seq["run"]), "--top-k", "4", "--wandb-mode", "disabled", "--json"])
+    rc = ensemble_main(["--run", str(seq["run"]), "--top-k", "4", "--wandb-mode", "disabled", "--json",
+                        "--keep-chance-level"])  # 4-step trials may sit at chance: the hand-over is under test
     out = capsys.readouterr().out
     assert rc == 0
     result = json.loads(out)

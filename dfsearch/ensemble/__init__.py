@@ -5,6 +5,9 @@ The pipeline, one module each:
 ``alignment.align(preds) -> Pool``
     Long contract frame (see ``dfsearch.store``) -> per split a dense matrix ``P[split]`` of shape
     (n_candidates, n_samples), labels ``y[split]`` and ``sample_ids[split]``.
+``screening.screen(P_val, y_val) -> (keep, dropped)``
+    Only candidates that beat chance on val enter the pool (a member at chance only shifts the
+    blend's threshold).
 ``selection.select(P_val, y_val, top_k=..., rounds=..., metric=...) -> Selection``
     Forward greedy selection with replacement on val (``scorer.Scorer`` scores every candidate of a
     round at once); ``selection.rank_candidates`` orders candidates by their own val score.
@@ -27,6 +30,7 @@ METRICS = ("accuracy", "log_loss", "roc_auc")  # what select() can optimise on v
 _LAZY = {
     "Pool": "alignment", "align": "alignment",
     "Scorer": "scorer",
+    "screen": "screening",
     "Selection": "selection", "select": "selection", "rank_candidates": "selection",
     "blend": "evaluation", "evaluate": "evaluation",
     "write_plots": "plots",

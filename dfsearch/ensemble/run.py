@@ -1,7 +1,8 @@
 """One ensemble from a store folder, end to end, and its terminal summary.
 
-``run_ensemble(predictions_dir, top_k=, rounds=, metric=, nbest=, out_dir=)`` reads the store
-(``dfsearch.store``), aligns it, optionally keeps the ``nbest`` best candidates, selects, evaluates,
+``run_ensemble(predictions_dir, top_k=, rounds=, metric=, nbest=, chance_z=, out_dir=)`` reads the
+store (``dfsearch.store``), aligns it, leaves out the candidates at chance on val
+(``screening.screen``), optionally keeps the ``nbest`` best of the rest, selects, evaluates,
 writes ``out_dir/ensemble.json`` (atomically) and the plots, and returns the JSON-ready dict.
 ``format_summary(result)`` is the short table the ``ensemble`` command prints.
 """
@@ -17,6 +18,7 @@ import numpy as np
 from dfsearch.ensemble.alignment import align
 from dfsearch.ensemble.evaluation import evaluate
 from dfsearch.ensemble.plots import write_plots
+from dfsearch.ensemble.screening import DEFAULT_Z, screen
 from dfsearch.ensemble.selection import check_args, rank_candidates, select
 from dfsearch.errors import DfsearchError
 from dfsearch.store import read_candidates, read_predictions
@@ -36,17 +38,29 @@ def _jsonable(x):
 
 
 def run_ensemble(predictions_dir, *, top_k: int = 4, rounds: int = 50, metric: str = "accuracy",
-                 nbest: int | None = None, out_dir) -> dict:
+                 nbest: int | None = None, chance_z: float | None = DEFAULT_Z, out_dir) -> dict:
     """Select an ensemble from the store in ``predictions_dir`` and report it.
 
     ``nbest`` limits the pool to the N best candidates by individual val score first (like
-    auto-sklearn's ``ensemble_nbest``). Writes ``out_dir/ensemble.json`` (the returned dict),
+    auto-sklearn's ``ensemble_nbest``). ``chance_z``: a candidate enters the pool only if its val AUC
+    is more than ``chance_z`` null standard errors above 0.5 and its val probabilities are not
+    near-constant (``screening``); None keeps every candidate. Writes ``out_dir/ensemble.json`` (the returned dict),
     ``roc.png``, ``confusion.png`` and ``trajectory.png``.
     """
     check_args(top_k, rounds, metric)
     if nbest is not None and (not isinstance(nbest, (int, np.integer)) or nbest < 1):
         raise DfsearchError(f"nbest must be an integer >= 1 (pool size limit) or None, got {nbest!r}")
     pool = align(read_predictions(predictions_dir))
+    n_candidates, at_chance = len(pool.candidates), []
+    if chance_z is not None:
+        keep, dropped = screen(pool.P["val"], pool.y["val"], z=chance_z)
+        at_chance = [{"candidate": pool.candidates[d.pop("index")], **d} for d in dropped]
+        if not keep:
+            raise DfsearchError(f"no candidate beats chance on val: all {n_candidates} left out ("
+                                + "; ".join(f"{d['candidate']}: {d['reason']}" for d in at_chance[:5])
+                                + ("; ..." if len(at_chance) > 5 else "")
+                                + "); train longer or search more, or pass --keep-chance-level to ensemble them anyway")
+        pool = pool.subset(keep)
     if nbest is not None and nbest < len(pool.candidates):
         pool = pool.subset(rank_candidates(pool.P["val"], pool.y["val"], metric)[:nbest])
     selection = select(pool.P["val"], pool.y["val"], top_k=top_k, rounds=rounds, metric=metric)
@@ -72,6 +86,9 @@ def run_ensemble(predictions_dir, *, top_k: int = 4, rounds: int = 50, metric: s
         "best_round": selection.best_round,
         "nbest": nbest,
         "pool_size": len(pool.candidates),
+        "candidates": n_candidates,
+        "chance_z": chance_z,
+        "excluded_chance_level": at_chance,
         "excluded_non_finite": [pool.candidates[i] for i in selection.excluded],
         "trajectory": [{**r, "candidate": pool.candidates[r["candidate"]]} for r in selection.trajectory],
         "ensemble": ev["ensemble"],
@@ -93,6 +110,11 @@ def format_summary(result: dict) -> str:
     """A short terminal summary of a :func:`run_ensemble` result."""
     lines = [f"ensemble: {len(result['members'])} member(s), metric {result['metric']}, "
              f"top_k {result['top_k']}, best prefix {result.get('best_round', '?')}/{result['rounds']} rounds"]
+    at_chance = result.get("excluded_chance_level") or []
+    if at_chance:
+        names = ", ".join(d["candidate"] for d in at_chance[:6]) + (", ..." if len(at_chance) > 6 else "")
+        lines.append(f"  pool: {result['pool_size']} of {result['candidates']} candidates; {len(at_chance)} at chance "
+                     f"on val left out ({names})")
     for m in result["members"]:
         arch = f"  [{m['arch']}]" if m.get("arch") else ""
         lines.append(f"  {m['weight']:6.3f}  {m['candidate']}{arch}")
