@@ -1,7 +1,7 @@
 """Greedy (Caruana) ensemble selection on a run's prediction store, checked and logged to W&B.
 
     ensemble.py [--run DIR | --predictions DIR] [--top-k 4] [--metric accuracy] [--rounds 50]
-                [--nbest N] [--keep-chance-level] [--out DIR] [--json] [--wandb-mode MODE]
+                [--nbest N] [--target-fpr F] [--keep-chance-level] [--out DIR] [--json] [--wandb-mode MODE]
                 [--wandb-project NAME]
 
 ``--run DIR`` is a ``dfsearch train`` / search output folder (``predictions.parquet`` +
@@ -41,7 +41,7 @@ from dfsearch.errors import DfsearchError, run_command
 PREDICTIONS_FILE = "predictions.parquet"
 RUNS_DIR = "runs"
 PLOTS = ("roc.png", "confusion.png", "trajectory.png")
-SCALARS = ("accuracy", "roc_auc", "log_loss", "f1", "precision", "recall", "average_precision", "eer")
+SCALARS = ("accuracy", "roc_auc", "log_loss", "f1", "precision", "recall", "average_precision", "eer", "ece")
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,6 +54,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", choices=METRICS, default="accuracy", help="val metric to optimise")
     p.add_argument("--rounds", type=int, default=50, help="greedy selection rounds (default 50)")
     p.add_argument("--nbest", type=int, help="only the N best candidates (by val score) enter the pool")
+    p.add_argument("--target-fpr", type=float,
+                   help="choose the decision threshold as the lowest whose val false-positive rate (real images "
+                        "called fake) is at most this, in (0, 1); default: the threshold of best val accuracy")
     p.add_argument("--keep-chance-level", action="store_true",
                    help="let candidates at chance on val (AUC not 2 SE above 0.5, or near-constant output) "
                         "into the pool; by default they are left out and listed")
@@ -125,10 +128,14 @@ def check_members(members: list[dict], store_dir: Path) -> None:
 def _metrics_row(result: dict) -> dict:
     """Flat ``{split}/{who}/{metric}`` scalars for W&B."""
     out = {}
-    for who in ("ensemble", "best_single", "naive_top_k"):
+    for who, key in (("ensemble", "ensemble"), ("best_single", "best_single"), ("naive_top_k", "naive_top_k"),
+                     ("ensemble_calibrated", "calibration")):
         for split in ("val", "test"):
             for k in SCALARS:
-                out[f"{split}/{who}/{k}"] = result[who][split].get(k)
+                out[f"{split}/{who}/{k}"] = result[key][split].get(k)
+    out["calibration/slope"] = result["calibration"]["slope"]
+    out["calibration/intercept"] = result["calibration"]["intercept"]
+    out["calibration/threshold"] = result["calibration"]["threshold"]
     return out
 
 
@@ -158,6 +165,9 @@ def run(args) -> int:
     for flag, value in (("--top-k", args.top_k), ("--rounds", args.rounds), ("--nbest", args.nbest)):
         if value is not None and value < 1:
             raise DfsearchError(f"{flag} {value}: must be >= 1")
+    if args.target_fpr is not None and not 0 < args.target_fpr < 1:
+        raise DfsearchError(f"--target-fpr {args.target_fpr}: must be in (0, 1), the share of real images allowed "
+                            f"to be called fake on val (e.g. 0.01)")
     if args.out and remote.is_uri(args.out):  # not taken for a local folder "s3:/..."
         raise DfsearchError(f"--out {args.out}: a local folder only; with --run URI the ensemble is copied back "
                             f"to URI/ensemble by itself")
@@ -192,6 +202,7 @@ def run(args) -> int:
     try:
         result = run_ensemble(store_dir, top_k=args.top_k, rounds=args.rounds, metric=args.metric,
                               nbest=args.nbest, chance_z=None if args.keep_chance_level else DEFAULT_Z,
+                              target_fpr=args.target_fpr,
                               out_dir=scratch)
         check_members(result["members"], store_dir)
         out.mkdir(parents=True, exist_ok=True)

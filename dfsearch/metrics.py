@@ -59,8 +59,22 @@ def equal_error_rate(labels, probs) -> float:
     return float((fpr[i] + fnr[i]) / 2)
 
 
+def ece(labels, probs, bins: int = 15) -> float:
+    """Expected calibration error of P(fake): the mean |fraction of fakes - mean P(fake)| over
+    ``bins`` equal-width probability bins, weighted by their counts (Naeini, Cooper & Hauskrecht
+    2015; Guo et al. 2017). 0 for probabilities that mean what they say; NaN for no samples."""
+    y = np.asarray(labels, dtype=np.float64)
+    if not len(y):
+        return float("nan")
+    p = np.clip(np.nan_to_num(np.asarray(probs, dtype=np.float64), nan=0.5), 0.0, 1.0)
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    gap = np.abs(np.bincount(idx, weights=y, minlength=bins) - np.bincount(idx, weights=p, minlength=bins))
+    return float(gap.sum() / len(y))
+
+
 def binary_metrics(labels, probs, threshold: float = 0.5) -> dict:
-    """Accuracy, precision, recall, F1, ROC-AUC, average precision, EER, log loss, confusion matrix.
+    """Accuracy, precision, recall, F1, ROC-AUC, average precision, EER, log loss, ECE, confusion
+    matrix; the thresholded ones at ``threshold``.
 
     ``confusion_matrix`` is ``[[tn, fp], [fn, tp]]`` with real = 0 as the first row.
     """
@@ -78,5 +92,6 @@ def binary_metrics(labels, probs, threshold: float = 0.5) -> dict:
         "average_precision": float(skm.average_precision_score(y, p)) if two else float("nan"),
         "eer": equal_error_rate(y, p),
         "log_loss": log_loss(y, p),
+        "ece": ece(y, p),
         "confusion_matrix": skm.confusion_matrix(y, pred, labels=[0, 1]).tolist(),
     }

@@ -8,7 +8,10 @@ Each member's checkpoint is loaded weights-only (``dfsearch.checkpoint.load_mode
 preprocessing saved in its config (input size, mean, std; the evaluation transform of training).
 Every image is decoded once; each member sees it through its own transform. The ensemble's
 P(fake) is the weighted average of the members' ``prob_fake`` with the weights of ensemble.json
-(normalised to sum to 1); the label is ``fake`` when it is >= 0.5, else ``real``.
+(normalised to sum to 1), calibrated with the Platt map the ensemble command fitted on val
+(``dfsearch.ensemble.calibration``); the label is ``fake`` when that is >= the threshold it chose on
+val, else ``real``. An ensemble.json from before calibration still loads: raw average, threshold 0.5,
+and the command says so.
 
 Unreadable images are reported one by one (path and reason) and do not stop the batch.
 """
@@ -81,6 +84,37 @@ def _checkpoint_path(ckpt: str, doc: dict, ensemble_path: Path) -> Path:
     return bases[0] / p
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """The blend's Platt map and decision threshold from ensemble.json (identity and 0.5 for a
+    file written before the ensemble command calibrated)."""
+
+    slope: float = 1.0
+    intercept: float = 0.0
+    threshold: float = THRESHOLD
+    calibrated: bool = False
+
+    def describe(self) -> dict:
+        return {"calibrated": self.calibrated, "slope": self.slope, "intercept": self.intercept,
+                "threshold": self.threshold}
+
+
+def read_calibration(ensemble_json_path) -> Calibration:
+    """The ``calibration`` of ensemble.json; DfsearchError naming the field when it is malformed."""
+    path = Path(ensemble_json_path)
+    cal = _read_ensemble(path).get("calibration")
+    if cal is None:
+        return Calibration()
+    try:
+        a, b, thr = float(cal["slope"]), float(cal["intercept"]), float(cal["threshold"])
+    except (TypeError, KeyError, ValueError):
+        a = b = thr = float("nan")
+    if not (np.isfinite(a) and np.isfinite(b) and 0 <= thr <= 1):
+        raise DfsearchError(f"--ensemble {path}: field calibration needs a finite slope and intercept and a "
+                            f"threshold in [0, 1]; got {cal!r} (re-run the ensemble command to rewrite it)")
+    return Calibration(a, b, thr, True)
+
+
 def load_members(ensemble_json_path, device: str = "cpu") -> list[Member]:
     """The ensemble's members with their models (eval mode, on ``device``) and preprocessing.
 
@@ -141,9 +175,11 @@ def find_images(paths) -> tuple[list[Path], list[dict]]:
 
 
 def predict_images(members: list[Member], files: list[Path], batch_size: int = 64, device: str = "cpu",
-                   progress: bool = False) -> tuple[list[dict], list[dict]]:
+                   progress: bool = False, calibration: Calibration = Calibration()) -> tuple[list[dict], list[dict]]:
     """``([{path, prob_fake, label}], [{path, reason}])`` for ``files``, in order."""
     import torch
+
+    from dfsearch.ensemble.calibration import calibrate
     from tqdm import tqdm
 
     from dfsearch.data.images import UnreadableImage, open_rgb
@@ -168,9 +204,11 @@ def predict_images(members: list[Member], files: list[Path], batch_size: int = 6
             with torch.no_grad():
                 for m in members:
                     p += m.weight * predict_probs(m.model, x[m.preprocessing]).cpu().numpy().astype(np.float64)
+            if calibration.calibrated:
+                p = calibrate(p, calibration.slope, calibration.intercept)
             for f, pf in zip(good, p):
                 predictions.append({"path": str(f), "prob_fake": float(pf),
-                                    "label": "fake" if pf >= THRESHOLD else "real"})
+                                    "label": "fake" if pf >= calibration.threshold else "real"})
         bar.update(len(batch))
     bar.close()
     return predictions, errors
@@ -189,12 +227,14 @@ def _device(requested: str | None) -> str:
 def _predict(ensemble_json_path, paths, batch_size, device, progress):
     if batch_size < 1:
         raise DfsearchError(f"--batch-size {batch_size}: must be >= 1")
+    calibration = read_calibration(ensemble_json_path)
     members = load_members(ensemble_json_path, device=device)
     files, errors = find_images(paths)
     if not files and not errors:
         raise DfsearchError(f"no images found in {', '.join(map(str, paths))} (looked for .jpg, .jpeg, .png)")
-    predictions, bad = predict_images(members, files, batch_size=batch_size, device=device, progress=progress)
-    return members, predictions, errors + bad
+    predictions, bad = predict_images(members, files, batch_size=batch_size, device=device, progress=progress,
+                                      calibration=calibration)
+    return members, calibration, predictions, errors + bad
 
 
 def predict_paths(ensemble_json_path, paths, batch_size: int = 64, device: str = "cpu",
@@ -206,7 +246,7 @@ def predict_paths(ensemble_json_path, paths, batch_size: int = 64, device: str =
     unreadable ones. Raises DfsearchError for a bad ensemble (see ``load_members``), a batch size
     below 1, or when no image was found at all.
     """
-    _, predictions, errors = _predict(ensemble_json_path, paths, batch_size, device, progress)
+    _, _, predictions, errors = _predict(ensemble_json_path, paths, batch_size, device, progress)
     return predictions, errors
 
 
@@ -248,14 +288,17 @@ def run(args) -> int:
 
     if is_uri(args.ensemble):
         args.ensemble = fetch_ensemble(args.ensemble)
-    members, predictions, errors = _predict(args.ensemble, args.paths, args.batch_size,
-                                            _device(args.device), progress=not args.json)
+    members, calibration, predictions, errors = _predict(args.ensemble, args.paths, args.batch_size,
+                                                         _device(args.device), progress=not args.json)
+    if not calibration.calibrated:
+        print(f"predict: {args.ensemble} has no calibration (written before the ensemble command calibrated): "
+              f"raw averaged probabilities, threshold 0.5; re-run ensemble.py to calibrate", file=sys.stderr)
     n_fake = sum(p["label"] == "fake" for p in predictions)
     summary = (f"{len(predictions) + len(errors)} images: {n_fake} fake, {len(predictions) - n_fake} real, "
                f"{len(errors)} unreadable")
     if args.json:
         print(json.dumps({"predictions": predictions, "errors": errors,
-                          "members": [m.describe() for m in members]}))
+                          "members": [m.describe() for m in members], "calibration": calibration.describe()}))
         print(summary, file=sys.stderr)  # stdout holds the JSON object only
     else:
         for e in errors:

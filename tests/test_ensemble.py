@@ -299,6 +299,68 @@ def test_screen_uses_the_null_standard_error_of_the_auc():
 
 
 # ---------------------------------------------------------------------------------------------
+# calibration and the threshold (issue #12 §3)
+
+
+def _over_confident(rng, n, sharpen=3.0):
+    """Labels drawn from calibrated probabilities q, then reported as sigmoid(sharpen * logit(q))."""
+    from scipy.special import expit, logit
+
+    q = expit(rng.normal(0, 1.2, n))
+    y = (rng.random(n) < q).astype(np.int8)
+    return y, expit(sharpen * logit(q))
+
+
+def test_platt_scaling_lowers_ece_on_an_over_confident_case():
+    from dfsearch.ensemble.calibration import calibrate, fit_platt
+    from dfsearch.metrics import ece, roc_auc
+
+    rng = np.random.default_rng(0)
+    y_val, p_val = _over_confident(rng, 4000)
+    y_test, p_test = _over_confident(rng, 4000)
+    slope, intercept = fit_platt(y_val, p_val)
+    assert slope == pytest.approx(1 / 3, rel=0.1) and abs(intercept) < 0.1  # undoes the sharpening it was built with
+    before, after = ece(y_test, p_test), ece(y_test, calibrate(p_test, slope, intercept))
+    assert before > 0.08 and after < 0.03  # on test: fitted on val only
+    assert roc_auc(y_test, calibrate(p_test, slope, intercept)) == pytest.approx(roc_auc(y_test, p_test))  # ranking kept
+    assert fit_platt(np.ones(5), np.full(5, 0.9)) == (1.0, 0.0)  # one class: nothing to fit
+
+
+def test_threshold_is_chosen_on_val_for_accuracy_or_a_target_false_positive_rate():
+    from dfsearch.ensemble.calibration import choose_threshold
+
+    rng = np.random.default_rng(3)
+    y = (np.arange(500) % 2).astype(np.int8)
+    p = SHIFTED["good"](y, rng)  # perfectly ranked, all below 0.5
+    t = choose_threshold(y, p)
+    assert ((p >= t) == (y == 1)).mean() == 1.0
+    assert t == pytest.approx((p[y == 0].max() + p[y == 1].min()) / 2)  # the middle of the gap: a margin both ways
+    assert choose_threshold(y, np.where(y == 1, 0.9, 0.1)) == 0.5  # 0.5 is among the best: kept
+    noisy = np.clip(p + rng.normal(0, 0.1, 500), 0, 1)
+    cuts = np.unique(np.r_[noisy, 0.5, 2.0])
+    best = max(((noisy >= c) == (y == 1)).mean() for c in cuts)  # brute force
+    assert ((noisy >= choose_threshold(y, noisy)) == (y == 1)).mean() == best
+    t = choose_threshold(y, noisy, target_fpr=0.05)
+    fpr = lambda c: ((noisy >= c) & (y == 0)).sum() / (y == 0).sum()  # noqa: E731
+    assert fpr(t) <= 0.05 and all(fpr(c) > 0.05 for c in cuts[cuts < t])  # the lowest such threshold
+
+
+def test_the_ensemble_is_calibrated_on_val_and_reports_it(tmp_path):
+    store = _store_of(tmp_path / "store", {"good": SHIFTED["good"]})
+    res = run_ensemble(store, top_k=1, rounds=2, out_dir=tmp_path / "out")
+    cal = res["calibration"]
+    assert cal["method"] == "platt" and cal["slope"] > 0 and cal["target_fpr"] is None
+    assert res["ensemble"]["test"]["accuracy"] == 0.5  # at 0.5 the shifted detector calls everything real
+    assert cal["test"]["accuracy"] == 1.0  # at the threshold chosen on val
+    assert cal["test"]["ece_uncalibrated"] > 0.3 and cal["test"]["ece"] < 0.1  # the shift is undone
+    assert "calibrated on val: Platt slope" in format_summary(res) and "ensemble, calibrated @" in format_summary(res)
+    on_disk = json.loads((tmp_path / "out" / "ensemble.json").read_text())["calibration"]
+    assert on_disk["threshold"] == pytest.approx(cal["threshold"])
+    res = run_ensemble(store, top_k=1, rounds=2, target_fpr=0.01, out_dir=tmp_path / "out2")
+    assert res["calibration"]["target_fpr"] == 0.01 and res["calibration"]["val"]["confusion_matrix"][0][1] <= 1
+
+
+# ---------------------------------------------------------------------------------------------
 # bad input
 
 
@@ -365,12 +427,15 @@ def test_empty_pool_and_empty_folder(tmp_path):
     ({"top_k": 0}, "top_k must be an integer >= 1"),
     ({"top_k": 2, "rounds": 0}, "rounds must be an integer >= 1"),
     ({"top_k": 2, "metric": "f1"}, "metric 'f1' is not supported"),
+    ({"target_fpr": 0.0}, r"target_fpr 0.0: must be in \(0, 1\)"),
+    ({"target_fpr": 1.5}, r"target_fpr 1.5: must be in \(0, 1\)"),
 ])
 def test_bad_arguments(tmp_path, kwargs, needle):
     y = np.array([1, 0], dtype=np.int8)
     P = np.array([[0.9, 0.1]], dtype=np.float32)
-    with pytest.raises(DfsearchError, match=needle):
-        select(P, y, **kwargs)
+    if "target_fpr" not in kwargs:  # select() does not take it
+        with pytest.raises(DfsearchError, match=needle):
+            select(P, y, **kwargs)
     with pytest.raises(DfsearchError, match=needle):  # checked before any reading
         run_ensemble(tmp_path / "does_not_exist", out_dir=tmp_path / "o", **kwargs)
 
@@ -440,6 +505,16 @@ def test_ensemble_command_rejects_a_missing_run_folder_without_heavy_imports(tmp
     assert "ensemble: error: --run" in out.stderr and "no predictions.parquet there" in out.stderr
     took = float(out.stdout.split()[-1])  # the import and the check
     assert took < 1.0 and wall < 10, (took, wall)  # wall: with python's own start, on a loaded machine
+
+
+@pytest.mark.parametrize("fpr", ["0", "1.5"])
+def test_a_target_fpr_outside_0_1_is_rejected_before_any_reading(tmp_path, fpr, capsys):
+    from dfsearch.ensemble_cli import main
+
+    store = _store_of(tmp_path / "store", {"good": SHIFTED["good"]})
+    assert main(["--predictions", str(store), "--target-fpr", fpr, "--wandb-mode", "disabled"]) == 2
+    err = capsys.readouterr().err
+    assert f"--target-fpr {float(fpr)}: must be in (0, 1)" in err and not (store / "ensemble").exists()
 
 
 def test_the_command_names_the_store_file_as_the_store_does():

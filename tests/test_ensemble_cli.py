@@ -18,7 +18,9 @@ from dfsearch import checkpoint as ckpt_io
 from dfsearch import store, tracking
 from dfsearch.config import TrainConfig
 from dfsearch.data.discover import discover
+from dfsearch.ensemble.calibration import calibrate
 from dfsearch.ensemble_cli import latest_run, main
+from dfsearch.errors import DfsearchError
 from dfsearch.predict import add_parser as add_predict_parser
 from dfsearch.predict import predict_paths
 from dfsearch.store import write_store
@@ -136,24 +138,35 @@ def test_predict_reproduces_the_weighted_stored_predictions(ensembled, run_dir, 
     ids = _sample_images(frame)
     paths = [easy_data / s for s in ids]
     # 1. the ensemble the command selected
-    members = ensembled["result"]["members"]
-    want = sum(m["weight"] * frame.loc[ids, m["candidate"]].to_numpy(np.float64) for m in members)
+    members, cal = ensembled["result"]["members"], ensembled["result"]["calibration"]
+    raw = sum(m["weight"] * frame.loc[ids, m["candidate"]].to_numpy(np.float64) for m in members)
+    want = calibrate(raw, cal["slope"], cal["intercept"])  # the Platt map and threshold fitted on val
+    assert abs(cal["slope"] - 1) + abs(cal["intercept"]) > 1e-3  # so that calibrating is seen to be applied
     preds, errors = predict_paths(ensembled["out_dir"] / "ensemble.json", paths, batch_size=5)
     assert errors == []
     assert [p["path"] for p in preds] == [str(p) for p in paths]
     np.testing.assert_allclose([p["prob_fake"] for p in preds], want, rtol=0, atol=1e-5)
-    assert [p["label"] for p in preds] == ["fake" if w >= 0.5 else "real" for w in want]
+    assert [p["label"] for p in preds] == ["fake" if w >= cal["threshold"] else "real" for w in want]
     # 2. both candidates with unequal (unnormalised) weights: 1 and 3 -> 0.25 and 0.75
     cands = store.read_candidates(run_dir)
     seen = [ckpt_io.read_config(c)["train"] for c in cands.checkpoint]
     assert [(t["input_policy"], t["img_size"], t["eval_view"]) for t in seen] == [
         ("crop", 32, "center"), ("crop", 24, "tiles")]  # the concrete policy, as the worker resolved it
-    doc = {"members": [{"candidate": c, "checkpoint": k, "weight": w}
+    doc = {"members": [{"candidate": c, "checkpoint": k, "weight": w}  # no calibration: an older file
                        for c, k, w in zip(cands.candidate, cands.checkpoint, (1.0, 3.0))]}
     (tmp_path / "two.json").write_text(json.dumps(doc))
     want = 0.25 * frame.loc[ids, "cand-0"].to_numpy(np.float64) + 0.75 * frame.loc[ids, "cand-1"].to_numpy(np.float64)
     preds, errors = predict_paths(tmp_path / "two.json", paths)
-    np.testing.assert_allclose([p["prob_fake"] for p in preds], want, rtol=0, atol=1e-5)
+    np.testing.assert_allclose([p["prob_fake"] for p in preds], want, rtol=0, atol=1e-5)  # raw, at 0.5
+    assert [p["label"] for p in preds] == ["fake" if w >= 0.5 else "real" for w in want]
+    rc, out, err = _predict_cli(["--ensemble", tmp_path / "two.json", *paths[:1], "--json"])
+    assert rc == 0 and json.loads(out)["calibration"] == {"calibrated": False, "slope": 1.0, "intercept": 0.0,
+                                                       "threshold": 0.5}
+    assert "has no calibration" in err and "re-run ensemble.py" in err
+    doc["calibration"] = {"slope": 1.0, "intercept": 0.0, "threshold": 1.5}
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(DfsearchError, match="field calibration needs a finite slope and intercept and a threshold in"):
+        predict_paths(tmp_path / "bad.json", paths[:1])
 
 
 def _predict_cli(argv) -> tuple[int, str, str]:
@@ -185,6 +198,7 @@ def test_unreadable_image_is_reported_and_the_rest_predicted(ensembled, run_dir,
     doc = json.loads(out)
     assert rc == 0 and len(doc["predictions"]) == 3 and doc["errors"][0]["path"].endswith("broken.png")
     assert [m["candidate"] for m in doc["members"]] == [m["candidate"] for m in ensembled["result"]["members"]]
+    assert doc["calibration"]["calibrated"] and "has no calibration" not in err
     assert "4 images:" in err and "1 unreadable" in err
 
     rc, out, err = _predict_cli(["--ensemble", ens, folder, "--csv", tmp_path / "p.csv"])

@@ -349,6 +349,7 @@ def test_search_to_s3_leaves_everything_there_for_ensemble_and_predict_elsewhere
     import numpy as np
 
     from dfsearch.cli import main as dfsearch_main
+    from dfsearch.ensemble.calibration import calibrate
     from dfsearch.ensemble_cli import main as ensemble_main
 
     monkeypatch.setenv("DFSEARCH_CACHE", str(tmp_path / "cache"))
@@ -410,7 +411,8 @@ def test_search_to_s3_leaves_everything_there_for_ensemble_and_predict_elsewhere
     preds = store.read_predictions(remote.staging_dir(target.uri))
     test = preds[preds.split == "test"].pivot(index="sample_id", columns="candidate", values="prob_fake")
     ids = list(test.index[:4])
-    want = sum(m["weight"] * test.loc[ids, m["candidate"]].to_numpy(np.float64) for m in result["members"])
+    want = calibrate(sum(m["weight"] * test.loc[ids, m["candidate"]].to_numpy(np.float64) for m in result["members"]),
+                     result["calibration"]["slope"], result["calibration"]["intercept"])
 
     shutil.rmtree(tmp_path / "cache")  # and another
     assert dfsearch_main(["predict", "--ensemble", remote.join(target.uri, "ensemble", "ensemble.json"), "--json",
@@ -424,6 +426,7 @@ def test_search_run_dir_feeds_the_ensemble_and_predict(seq, easy_data, capsys):
     ensemble-weighted stored test probabilities for the same images."""
     import numpy as np
 
+    from dfsearch.ensemble.calibration import calibrate
     from dfsearch.ensemble_cli import main as ensemble_main
     from dfsearch.predict import predict_paths
 
@@ -438,7 +441,8 @@ def test_search_run_dir_feeds_the_ensemble_and_predict(seq, easy_data, capsys):
     preds = store.read_predictions(seq["run"])
     test = preds[preds.split == "test"].pivot(index="sample_id", columns="candidate", values="prob_fake")
     ids = list(test.index[:6])
-    want = sum(m["weight"] * test.loc[ids, m["candidate"]].to_numpy(np.float64) for m in members)
+    want = calibrate(sum(m["weight"] * test.loc[ids, m["candidate"]].to_numpy(np.float64) for m in members),
+                     result["calibration"]["slope"], result["calibration"]["intercept"])
     got, errors = predict_paths(ensemble_json, [easy_data / s for s in ids])
     assert errors == []
     np.testing.assert_allclose([g["prob_fake"] for g in got], want, rtol=0, atol=1e-5)

@@ -12,7 +12,9 @@ The pipeline, one module each:
     Forward greedy selection with replacement on val (``scorer.Scorer`` scores every candidate of a
     round at once); ``selection.rank_candidates`` orders candidates by their own val score.
 ``evaluation.evaluate(pool, selection, top_k) -> dict``
-    Val and test metrics of the ensemble, the best single candidate and the naive top-k average.
+    Val and test metrics of the ensemble, the best single candidate and the naive top-k average;
+    ``evaluation.calibrate_blend`` fits the blend's Platt map and threshold on val
+    (``calibration``) and reports the calibrated ensemble.
 ``run.run_ensemble(predictions_dir, ..., out_dir) -> dict``
     All of the above on a store folder; writes ``ensemble.json`` and the ``plots`` (three PNGs).
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dfsearch.ensemble.alignment import align
-from dfsearch.ensemble.evaluation import evaluate
+from dfsearch.ensemble.evaluation import calibrate_blend, evaluate
 from dfsearch.ensemble.plots import write_plots
 from dfsearch.ensemble.screening import DEFAULT_Z, screen
 from dfsearch.ensemble.selection import check_args, rank_candidates, select
@@ -38,16 +38,22 @@ def _jsonable(x):
 
 
 def run_ensemble(predictions_dir, *, top_k: int = 4, rounds: int = 50, metric: str = "accuracy",
-                 nbest: int | None = None, chance_z: float | None = DEFAULT_Z, out_dir) -> dict:
+                 nbest: int | None = None, chance_z: float | None = DEFAULT_Z, target_fpr: float | None = None,
+                 out_dir) -> dict:
     """Select an ensemble from the store in ``predictions_dir`` and report it.
 
     ``nbest`` limits the pool to the N best candidates by individual val score first (like
     auto-sklearn's ``ensemble_nbest``). ``chance_z``: a candidate enters the pool only if its val AUC
     is more than ``chance_z`` null standard errors above 0.5 and its val probabilities are not
-    near-constant (``screening``); None keeps every candidate. Writes ``out_dir/ensemble.json`` (the returned dict),
+    near-constant (``screening``); None keeps every candidate. The blend's Platt scaling and decision
+    threshold are fitted on val (``calibration``: max accuracy, or the lowest threshold whose val
+    false-positive rate is at most ``target_fpr``) and stored for ``dfsearch predict``. Writes ``out_dir/ensemble.json`` (the returned dict),
     ``roc.png``, ``confusion.png`` and ``trajectory.png``.
     """
     check_args(top_k, rounds, metric)
+    if target_fpr is not None and not 0 < target_fpr < 1:
+        raise DfsearchError(f"target_fpr {target_fpr!r}: must be in (0, 1), the share of real images "
+                            f"allowed to be called fake on val (e.g. 0.01)")
     if nbest is not None and (not isinstance(nbest, (int, np.integer)) or nbest < 1):
         raise DfsearchError(f"nbest must be an integer >= 1 (pool size limit) or None, got {nbest!r}")
     pool = align(read_predictions(predictions_dir))
@@ -65,6 +71,7 @@ def run_ensemble(predictions_dir, *, top_k: int = 4, rounds: int = 50, metric: s
         pool = pool.subset(rank_candidates(pool.P["val"], pool.y["val"], metric)[:nbest])
     selection = select(pool.P["val"], pool.y["val"], top_k=top_k, rounds=rounds, metric=metric)
     ev = evaluate(pool, selection, top_k)
+    calibration = calibrate_blend(pool, selection.weights, target_fpr)
 
     info = {}
     cands = read_candidates(predictions_dir)
@@ -94,6 +101,7 @@ def run_ensemble(predictions_dir, *, top_k: int = 4, rounds: int = 50, metric: s
         "ensemble": ev["ensemble"],
         "best_single": {k: v for k, v in ev["best_single"].items() if k != "index"},
         "naive_top_k": {k: v for k, v in ev["naive_top_k"].items() if k != "indices"},
+        "calibration": calibration,
         "source": str(predictions_dir),
     }
     result = _jsonable(result)
@@ -126,7 +134,16 @@ def format_summary(result: dict) -> str:
     rows = [("ensemble", result["ensemble"]["test"]),
             (f"best single ({result['best_single']['candidate']})", result["best_single"]["test"]),
             (f"naive top-{len(result['naive_top_k']['candidates'])} average", result["naive_top_k"]["test"])]
+    cal = result.get("calibration")
+    if cal:
+        rows.insert(1, (f"ensemble, calibrated @{cal['threshold']:.2f}", cal["test"]))
     for name, m in rows:
         name = name if len(name) <= 27 else name[:24] + "..."
         lines.append(f"{name:<28}{fmt(m['accuracy']):>10}{fmt(m['roc_auc']):>10}{fmt(m['log_loss']):>10}")
+    if cal:
+        how = f"val FPR <= {cal['target_fpr']}" if cal.get("target_fpr") is not None else "best val accuracy"
+        lines.append(f"calibrated on val: Platt slope {cal['slope']:.2f} intercept {cal['intercept']:+.2f}, "
+                     f"threshold {cal['threshold']:.3f} "
+                     f"({how}); test ECE {fmt(cal['test']['ece_uncalibrated']).strip()} -> "
+                     f"{fmt(cal['test']['ece']).strip()}; dfsearch predict applies both")
     return "\n".join(lines)
