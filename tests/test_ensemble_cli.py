@@ -163,9 +163,9 @@ def test_predict_reproduces_the_weighted_stored_predictions(ensembled, run_dir, 
     assert rc == 0 and json.loads(out)["calibration"] == {"calibrated": False, "slope": 1.0, "intercept": 0.0,
                                                        "threshold": 0.5}
     assert "has no calibration" in err and "re-run ensemble.py" in err
-    doc["calibration"] = {"slope": 1.0, "intercept": 0.0, "threshold": 1.5}
+    doc["calibration"] = {"slope": 1.0, "intercept": 0.0}  # no threshold
     (tmp_path / "bad.json").write_text(json.dumps(doc))
-    with pytest.raises(DfsearchError, match="field calibration needs a finite slope and intercept and a threshold in"):
+    with pytest.raises(DfsearchError, match="field calibration needs numbers slope, intercept and threshold"):
         predict_paths(tmp_path / "bad.json", paths[:1])
 
 
