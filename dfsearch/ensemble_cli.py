@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 from dfsearch import remote, tracking
-from dfsearch.ensemble import METRICS  # a constant: the package loads its modules lazily
+from dfsearch.ensemble import METRICS, check_target_fpr  # numpy-free: the package loads its modules lazily
 from dfsearch.errors import DfsearchError, run_command
 
 # = dfsearch.store.PREDICTIONS_FILE (tests/test_ensemble.py checks it), not imported from there
@@ -128,11 +128,12 @@ def check_members(members: list[dict], store_dir: Path) -> None:
 def _metrics_row(result: dict) -> dict:
     """Flat ``{split}/{who}/{metric}`` scalars for W&B."""
     out = {}
-    for who, key in (("ensemble", "ensemble"), ("best_single", "best_single"), ("naive_top_k", "naive_top_k"),
-                     ("ensemble_calibrated", "calibration")):
+    blocks = {who: result[who] for who in ("ensemble", "best_single", "naive_top_k")}
+    blocks["ensemble_calibrated"] = result["calibration"]
+    for who, block in blocks.items():
         for split in ("val", "test"):
             for k in SCALARS:
-                out[f"{split}/{who}/{k}"] = result[key][split].get(k)
+                out[f"{split}/{who}/{k}"] = block[split].get(k)
     out["calibration/slope"] = result["calibration"]["slope"]
     out["calibration/intercept"] = result["calibration"]["intercept"]
     out["calibration/threshold"] = result["calibration"]["threshold"]
@@ -165,9 +166,7 @@ def run(args) -> int:
     for flag, value in (("--top-k", args.top_k), ("--rounds", args.rounds), ("--nbest", args.nbest)):
         if value is not None and value < 1:
             raise DfsearchError(f"{flag} {value}: must be >= 1")
-    if args.target_fpr is not None and not 0 < args.target_fpr < 1:
-        raise DfsearchError(f"--target-fpr {args.target_fpr}: must be in (0, 1), the share of real images allowed "
-                            f"to be called fake on val (e.g. 0.01)")
+    check_target_fpr(args.target_fpr, "--target-fpr")
     if args.out and remote.is_uri(args.out):  # not taken for a local folder "s3:/..."
         raise DfsearchError(f"--out {args.out}: a local folder only; with --run URI the ensemble is copied back "
                             f"to URI/ensemble by itself")

@@ -99,10 +99,9 @@ class Calibration:
                 "threshold": self.threshold}
 
 
-def read_calibration(ensemble_json_path) -> Calibration:
+def _calibration(doc: dict, path: Path) -> Calibration:
     """The ``calibration`` of ensemble.json; DfsearchError naming the field when it is malformed."""
-    path = Path(ensemble_json_path)
-    cal = _read_ensemble(path).get("calibration")
+    cal = doc.get("calibration")
     if cal is None:
         return Calibration()
     try:
@@ -115,16 +114,22 @@ def read_calibration(ensemble_json_path) -> Calibration:
     return Calibration(a, b, thr, True)
 
 
-def load_members(ensemble_json_path, device: str = "cpu") -> list[Member]:
-    """The ensemble's members with their models (eval mode, on ``device``) and preprocessing.
+def load_ensemble(ensemble_json_path, device: str = "cpu") -> tuple[list[Member], Calibration]:
+    """The ensemble's members with their models (eval mode, on ``device``) and preprocessing, and
+    its calibration, from one read of ensemble.json.
 
-    Raises DfsearchError when the file is missing or malformed, a member has no checkpoint, its
-    checkpoint is missing or corrupted, or the weights are not positive.
+    Raises DfsearchError when the file is missing or malformed (its calibration included), a member
+    has no checkpoint, its checkpoint is missing or corrupted, or the weights are not positive.
     """
-    from dfsearch.checkpoint import load_model
-
     path = Path(ensemble_json_path)
     doc = _read_ensemble(path)
+    calibration = _calibration(doc, path)  # before any checkpoint is loaded
+    return _members(doc, path, device), calibration
+
+
+def _members(doc: dict, path: Path, device: str) -> list[Member]:
+    from dfsearch.checkpoint import load_model
+
     total = sum(float(m["weight"]) for m in doc["members"])
     if not total > 0 or any(float(m["weight"]) < 0 for m in doc["members"]):
         raise DfsearchError(f"--ensemble {path}: member weights must be >= 0 with a positive sum")
@@ -178,13 +183,12 @@ def predict_images(members: list[Member], files: list[Path], batch_size: int = 6
                    progress: bool = False, calibration: Calibration = Calibration()) -> tuple[list[dict], list[dict]]:
     """``([{path, prob_fake, label}], [{path, reason}])`` for ``files``, in order."""
     import torch
-
-    from dfsearch.ensemble.calibration import calibrate
     from tqdm import tqdm
 
     from dfsearch.data.images import UnreadableImage, open_rgb
     from dfsearch.data.loading import build_transform
     from dfsearch.data.views import predict_probs
+    from dfsearch.ensemble.calibration import calibrate
 
     transforms = {m.preprocessing: build_transform(*m.preprocessing) for m in members}
     predictions, errors = [], []
@@ -227,8 +231,7 @@ def _device(requested: str | None) -> str:
 def _predict(ensemble_json_path, paths, batch_size, device, progress):
     if batch_size < 1:
         raise DfsearchError(f"--batch-size {batch_size}: must be >= 1")
-    calibration = read_calibration(ensemble_json_path)
-    members = load_members(ensemble_json_path, device=device)
+    members, calibration = load_ensemble(ensemble_json_path, device=device)
     files, errors = find_images(paths)
     if not files and not errors:
         raise DfsearchError(f"no images found in {', '.join(map(str, paths))} (looked for .jpg, .jpeg, .png)")
@@ -243,7 +246,7 @@ def predict_paths(ensemble_json_path, paths, batch_size: int = 64, device: str =
 
     Returns ``(predictions, errors)``: ``[{"path", "prob_fake", "label"}]`` for the readable images
     (files in the order given, folders sorted) and ``[{"path", "reason"}]`` for the missing or
-    unreadable ones. Raises DfsearchError for a bad ensemble (see ``load_members``), a batch size
+    unreadable ones. Raises DfsearchError for a bad ensemble (see ``load_ensemble``), a batch size
     below 1, or when no image was found at all.
     """
     _, _, predictions, errors = _predict(ensemble_json_path, paths, batch_size, device, progress)

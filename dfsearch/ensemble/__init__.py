@@ -29,6 +29,16 @@ import importlib
 
 METRICS = ("accuracy", "log_loss", "roc_auc")  # what select() can optimise on val
 
+
+def check_target_fpr(value, name: str = "target_fpr") -> None:
+    """DfsearchError unless ``value`` is None or in (0, 1). Here, numpy-free, so that the command
+    rejects a bad ``--target-fpr`` before it reads anything."""
+    from dfsearch.errors import DfsearchError
+
+    if value is not None and not 0 < value < 1:
+        raise DfsearchError(f"{name} {value!r}: must be in (0, 1), the share of real images allowed to be "
+                            f"called fake on val (e.g. 0.01)")
+
 _LAZY = {
     "Pool": "alignment", "align": "alignment",
     "Scorer": "scorer",
@@ -39,7 +49,7 @@ _LAZY = {
     "run_ensemble": "run", "format_summary": "run",
 }
 
-__all__ = ["METRICS", *_LAZY]
+__all__ = ["METRICS", "check_target_fpr", *_LAZY]
 
 
 def __getattr__(name: str):

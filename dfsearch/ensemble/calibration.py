@@ -68,8 +68,9 @@ def choose_threshold(labels, probs, target_fpr: float | None = None) -> float:
     if len(np.unique(y)) < 2:
         return 0.5
     cuts = np.unique(np.concatenate([p, [0.5, np.nextafter(p.max(), np.inf)]]))  # "p >= cut" is fake
-    below = np.searchsorted(np.sort(p), cuts, side="left")  # how many are called real at each cut
-    fakes_below = np.concatenate([[0], np.cumsum(y[np.argsort(p, kind="stable")])])[below]
+    order = np.argsort(p, kind="stable")
+    below = np.searchsorted(p[order], cuts, side="left")  # how many are called real at each cut
+    fakes_below = np.concatenate([[0], np.cumsum(y[order])])[below]
     n_fake = int(y.sum())
     n_real = len(y) - n_fake
     real_below = below - fakes_below                        # true negatives

@@ -1,8 +1,9 @@
 """One ensemble from a store folder, end to end, and its terminal summary.
 
-``run_ensemble(predictions_dir, top_k=, rounds=, metric=, nbest=, chance_z=, out_dir=)`` reads the
-store (``dfsearch.store``), aligns it, leaves out the candidates at chance on val
+``run_ensemble(predictions_dir, top_k=, rounds=, metric=, nbest=, chance_z=, target_fpr=, out_dir=)``
+reads the store (``dfsearch.store``), aligns it, leaves out the candidates at chance on val
 (``screening.screen``), optionally keeps the ``nbest`` best of the rest, selects, evaluates,
+calibrates the blend and picks its threshold on val (``evaluation.calibrate_blend``),
 writes ``out_dir/ensemble.json`` (atomically) and the plots, and returns the JSON-ready dict.
 ``format_summary(result)`` is the short table the ``ensemble`` command prints.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dfsearch.ensemble import check_target_fpr
 from dfsearch.ensemble.alignment import align
 from dfsearch.ensemble.evaluation import calibrate_blend, evaluate
 from dfsearch.ensemble.plots import write_plots
@@ -47,13 +49,11 @@ def run_ensemble(predictions_dir, *, top_k: int = 4, rounds: int = 50, metric: s
     is more than ``chance_z`` null standard errors above 0.5 and its val probabilities are not
     near-constant (``screening``); None keeps every candidate. The blend's Platt scaling and decision
     threshold are fitted on val (``calibration``: max accuracy, or the lowest threshold whose val
-    false-positive rate is at most ``target_fpr``) and stored for ``dfsearch predict``. Writes ``out_dir/ensemble.json`` (the returned dict),
-    ``roc.png``, ``confusion.png`` and ``trajectory.png``.
+    false-positive rate is at most ``target_fpr``) and stored for ``dfsearch predict``. Writes
+    ``out_dir/ensemble.json`` (the returned dict), ``roc.png``, ``confusion.png`` and ``trajectory.png``.
     """
     check_args(top_k, rounds, metric)
-    if target_fpr is not None and not 0 < target_fpr < 1:
-        raise DfsearchError(f"target_fpr {target_fpr!r}: must be in (0, 1), the share of real images "
-                            f"allowed to be called fake on val (e.g. 0.01)")
+    check_target_fpr(target_fpr)
     if nbest is not None and (not isinstance(nbest, (int, np.integer)) or nbest < 1):
         raise DfsearchError(f"nbest must be an integer >= 1 (pool size limit) or None, got {nbest!r}")
     pool = align(read_predictions(predictions_dir))

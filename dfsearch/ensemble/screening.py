@@ -24,7 +24,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+
+from dfsearch.metrics import roc_auc
 
 DEFAULT_Z = 2.0
 DEFAULT_MIN_STD = 0.01
@@ -48,7 +49,7 @@ def screen(P_val: np.ndarray, y_val: np.ndarray, z: float = DEFAULT_Z,
         if not np.all(np.isfinite(p)) or math.isnan(se):
             keep.append(i)
             continue
-        auc, std = float(roc_auc_score(y_val, p)), float(np.std(p, dtype=np.float64))
+        auc, std = roc_auc(y_val, p), float(np.std(p, dtype=np.float64))
         score = (auc - 0.5) / se
         if std < min_std:
             reason = f"near-constant val probabilities (std {std:.4f} < {min_std})"
