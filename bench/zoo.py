@@ -14,8 +14,8 @@ profile's: ``--steps 120`` optimizer steps of ``--batch 64`` images (4 epochs x 
 workers x 32), from scratch, AdamW at the geometric middle of the arch's ``all_models.yaml`` lr and
 weight-decay ranges (its zoom and eval view: the first of a choice), one cosine cycle with 10 %
 warm-up, horizontal flips; the training crop is one random window per batch (a shortcut of the
-per-image pipeline, which the resize-vs-crop case uses). ``--zoom`` / ``--lr`` / ``--eval-view``
-override the space for every arch (to compare). A plain single-process
+per-image pipeline, which the resize-vs-crop case uses). ``--zoom`` / ``--lr`` / ``--eval-view`` /
+``--input-filter`` override the space for every arch (to compare). A plain single-process
 loop on preloaded tensors (2 threads): what the model costs, without Ray's start-up. The AUC's
 standard error is a bootstrap over the val set (scipy.stats.bootstrap, 1000 resamples, paired);
 ``z`` = (AUC - 0.5) / SE, and "learns" means z >= 5 (issue #11, section 4).
@@ -59,13 +59,14 @@ def _mid(spec, default):
 
 
 def recipe(arch: str) -> dict:
-    """lr / weight decay from the arch's all_models.yaml ranges; its zoom and eval view (the first choice)."""
+    """lr / weight decay from the arch's all_models.yaml ranges; its zoom, eval view and input filter (the first choice)."""
     from dfsearch import search_space
 
     params = search_space.load("all_models").archs[arch]
     return dict(lr=_mid(params.get("lr"), 1e-3), weight_decay=_mid(params.get("weight_decay"), 0.01),
                 zoom=int(_mid(params.get("zoom"), 1)), eval_view=_mid(params.get("eval_view"), "center"),
-                eval_tiles=int(_mid(params.get("eval_tiles"), 2)))
+                eval_tiles=int(_mid(params.get("eval_tiles"), 2)),
+                input_filter=_mid(params.get("input_filter"), "none"))
 
 
 def load_split(root: str, items: list, transform):
@@ -164,7 +165,7 @@ def one_arch(arch: str, steps: int, batch: int, seed: int, overrides: dict | Non
     crop = T.Compose(spatial_ops(view, train=True)) if view.policy != "native" else None
     x_va, y_va = load_split(root, index.splits["valid"], build_transform(view, dc["mean"], dc["std"], None))
     rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    model = models.create(arch, pretrained=False, num_classes=1, img_size=size)
+    model = models.create(arch, pretrained=False, num_classes=1, img_size=size, input_filter=r["input_filter"])
     out = train_eval(model, x_tr, y_tr, x_va, y_va, steps=steps, batch=batch, seed=seed, crop=crop,
                      lr=r["lr"], weight_decay=r["weight_decay"])
     return dict(arch=arch, img_size=size, policy=view.policy, params_m=models.count_params(model) / 1e6, **r, **out,
@@ -219,13 +220,13 @@ def _hflip():
 
 
 def _zoo_table(rows: list[dict]) -> str:
-    lines = ["| arch | input | params | lr | train img/s | eval img/s | peak RSS | val acc | val AUC ± SE | z | learns |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+    lines = ["| arch | input | zoom | filter | params | lr | train img/s | eval img/s | peak RSS | val acc | val AUC ± SE | z | learns |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['arch']} | | | | | | | | | | error: {r['error'][:80]} |")
+            lines.append(f"| {r['arch']} | | | | | | | | | | | | error: {r['error'][:80]} |")
             continue
-        lines.append(f"| {r['arch']} | {r['img_size']} | {r['params_m']:.2f}M | {r['lr']:.1e} | {r['train_img_s']:.0f} "
+        lines.append(f"| {r['arch']} | {r['img_size']} | {r['zoom']} | {r['input_filter']} | {r['params_m']:.2f}M | {r['lr']:.1e} | {r['train_img_s']:.0f} "
                      f"| {r['eval_img_s']:.0f} | {r['peak_rss_mb'] / 1024:.2f} GiB | {r['val_acc']:.3f} "
                      f"| {r['val_auc']:.3f} ± {r['auc_se']:.3f} | {r['z']:.1f} | {'yes' if r['z'] >= 5 else 'no'} |")
     return "\n".join(lines)
@@ -251,12 +252,14 @@ def main() -> None:
     ap.add_argument("--zoom", type=int, help="override every arch's zoom (default: its all_models.yaml one)")
     ap.add_argument("--lr", type=float, help="override every arch's lr")
     ap.add_argument("--eval-view", choices=("center", "tiles"), help="override every arch's eval view")
+    ap.add_argument("--input-filter", choices=("none", "srm"), help="override every arch's input filter")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one arch in this process
     args = ap.parse_args()
     if args.one:
         print(json.dumps(one_arch(args.one, args.steps, args.batch, args.seed,
-                                  dict(zoom=args.zoom, lr=args.lr, eval_view=args.eval_view))))
+                                  dict(zoom=args.zoom, lr=args.lr, eval_view=args.eval_view,
+                                       input_filter=args.input_filter))))
         return
     from dfsearch import models
     from dfsearch.data.synth import default_dataset
@@ -266,7 +269,7 @@ def main() -> None:
     for i, arch in enumerate([] if args.only_views else (args.archs or models.known_archs())):
         print(f"[{i + 1}] {arch} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        extra = [a for k in ("zoom", "lr", "eval_view") if getattr(args, k) is not None
+        extra = [a for k in ("zoom", "lr", "eval_view", "input_filter") if getattr(args, k) is not None
                  for a in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
         p = subprocess.run([sys.executable, __file__, "--one", arch, "--steps", str(args.steps), "--batch",
                             str(args.batch), "--seed", str(args.seed), *extra], capture_output=True, text=True)

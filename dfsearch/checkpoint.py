@@ -73,7 +73,8 @@ def build_model(config: dict) -> torch.nn.Module:
     """The model described by a checkpoint's config, randomly initialised but with the same
     structure (frozen groups included), ready for ``load_state_dict``."""
     c = TrainConfig(**config["train"])
-    model = models.create(c.arch, pretrained=False, num_classes=c.num_classes, img_size=c.img_size)
+    model = models.create(c.arch, pretrained=False, num_classes=c.num_classes, img_size=c.img_size,
+                          input_filter=c.input_filter)
     models.freeze_to_top(model, c.unfrozen)
     return model
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dfsearch import ensemble_cli, predict, train_cli
+from dfsearch import ensemble_cli, evaluate, predict, train_cli
 from dfsearch.errors import run_command
 
 
@@ -37,6 +37,9 @@ def _add_synth(sub):
     p.add_argument("--size", type=int, default=DEFAULTS["size"], help="image side in pixels")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--difficulty", type=float, default=DEFAULTS["difficulty"], help="0 (easy) .. 1 (hard)")
+    p.add_argument("--families", default="upsample",
+                   help="generator families of the fakes, comma-separated: upsample (GAN x2 upsampling), blend "
+                        "(face-swap-like pasted region), spectral (camera-less high-frequency noise)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=lambda a: __import__("dfsearch.data.synth", fromlist=["run"]).run(a))
 
@@ -82,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search(sub)
     ensemble_cli.add_parser(sub)
     predict.add_parser(sub)
+    evaluate.add_parser(sub)
     return parser
 
 

@@ -54,6 +54,9 @@ class TrainConfig(BaseModel):
     eval_view: Literal["center", "tiles"] = "center"
     eval_tiles: int = Field(2, ge=1, le=8)  # tiles per side for eval_view tiles
     zoom: int = Field(1, ge=1, le=8)  # each pixel of the view as zoom x zoom input pixels (dfsearch.data.views)
+    # a fixed filter inside the model, before its first layer (dfsearch.models.filters): srm = three
+    # high-pass residuals, where the generator's traces are and the image content is not
+    input_filter: Literal["none", "srm"] = "none"
     unfrozen: Union[int, Literal["all"]] = "all"
     epochs: int = Field(3, ge=1, le=1000)
     batch_size: int = Field(64, ge=1, le=4096)

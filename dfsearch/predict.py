@@ -53,7 +53,8 @@ class Member:
     def describe(self) -> dict:
         return {"candidate": self.candidate, "weight": self.weight, "checkpoint": self.checkpoint,
                 "arch": self.arch, "img_size": self.view.img_size, "input_policy": self.view.policy,
-                "eval_view": self.view.eval_view, "zoom": self.view.zoom, "mean": list(self.mean), "std": list(self.std)}
+                "eval_view": self.view.eval_view, "zoom": self.view.zoom,
+                "input_filter": getattr(self.model, "input_filter", "none"), "mean": list(self.mean), "std": list(self.std)}
 
 
 def _read_ensemble(path: Path) -> dict:

@@ -25,7 +25,8 @@ anchors share between archs (``x-aug: &aug {...}``, then ``aug: *aug``).
 Per arch besides the optimiser ranges: ``pretrained`` (false, true = the arch's default tag, a tag
 of ``dfsearch models``, a weights file or a directory of ``<arch>.safetensors``), ``layer_decay``,
 ``input_policy`` (auto | crop | resize | native: ``dfsearch.data.views``), ``eval_view``
-(center | tiles), ``eval_tiles``, ``zoom`` (each pixel of the view as zoom x zoom input pixels). A
+(center | tiles), ``eval_tiles``, ``zoom`` (each pixel of the view as zoom x zoom input pixels),
+``input_filter`` (none | srm: high-pass residuals before the first layer, ``dfsearch.models.filters``). A
 profile's ``img_size`` is raised to an arch's minimum where it is below it, and to a multiple of the
 trial's zoom (``models.fit_img_size``).
 
@@ -51,7 +52,8 @@ from dfsearch.paths import SPACES_DIR
 
 KINDS = ("log_uniform", "uniform", "int", "choice")
 TUNABLE = ("lr", "weight_decay", "unfrozen", "batch_size", "optimizer", "warmup_epochs", "pretrained",
-           "num_classes", "oversample", "layer_decay", "input_policy", "eval_view", "eval_tiles", "zoom")
+           "num_classes", "oversample", "layer_decay", "input_policy", "eval_view", "eval_tiles", "zoom",
+           "input_filter")
 AUG_KEYS = tuple(AugConfig.model_fields)
 
 

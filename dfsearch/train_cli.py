@@ -45,6 +45,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="each pixel of the view as ZOOM x ZOOM input pixels (a crop of img-size/ZOOM)")
     p.add_argument("--eval-view", default="center", choices=("center", "tiles"),
                    help="evaluation and predict: the centre crop, or the mean over a 2 x 2 grid of crops")
+    p.add_argument("--input-filter", default="none", choices=("none", "srm"),
+                   help="a fixed filter before the first layer: srm = high-pass residuals (dfsearch.models.filters)")
     p.add_argument("--num-classes", type=int, default=1, choices=[1, 2])
     p.add_argument("--oversample", action="store_true", help="oversample the minority class in train")
     p.add_argument("--loader-workers", type=int, default=0, help="DataLoader processes per worker")
@@ -70,6 +72,7 @@ def _train_config(args):
                            batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                            unfrozen=args.unfrozen, img_size=args.img_size, seed=args.seed,
                            input_policy=args.input_policy, zoom=args.zoom, eval_view=args.eval_view,
+                           input_filter=args.input_filter,
                            oversample=args.oversample, num_classes=args.num_classes,
                            loader_workers=args.loader_workers)
     except ValidationError as e:

@@ -157,7 +157,8 @@ def build(c: TrainConfig, index, candidate: str, rank: int, world: int, device: 
     view = views.view_of(c, sample_sizes(index.root, [sid for sid, _ in index.splits["train"]]))
     c = c.model_copy(update=dict(input_policy=view.policy, img_size=view.img_size))
     random_seed(c.seed, 0)  # identical initial weights on every rank
-    model = models.create(c.arch, pretrained=c.pretrained, num_classes=c.num_classes, img_size=c.img_size)
+    model = models.create(c.arch, pretrained=c.pretrained, num_classes=c.num_classes, img_size=c.img_size,
+                          input_filter=c.input_filter)
     freeze_info = models.freeze_to_top(model, c.unfrozen)
     dc = models.data_config(c.arch, c.img_size)
     train_items = index.splits["train"]

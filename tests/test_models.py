@@ -545,12 +545,14 @@ def test_every_arch_round_trips_through_a_checkpoint_and_predict(arch, tmp_path)
     from dfsearch.data.views import View
     from dfsearch.predict import predict_paths
 
-    zoom = 1 + models.known_archs().index(arch) % 2  # half the archs at zoom 2: predict must rebuild it
+    i = models.known_archs().index(arch)
+    zoom = 1 + i % 2  # half the archs at zoom 2, half (crosswise) with the srm filter: predict must rebuild both
+    input_filter = ("srm", "none")[i // 2 % 2]
     size = models.fit_img_size(arch, 16, zoom)
-    cfg = TrainConfig(arch=arch, img_size=size, input_policy="crop", zoom=zoom,
+    cfg = TrainConfig(arch=arch, img_size=size, input_policy="crop", zoom=zoom, input_filter=input_filter,
                       unfrozen=min(2, models.num_groups(arch)))
     torch.manual_seed(0)
-    model = models.create(arch, img_size=size)
+    model = models.create(arch, img_size=size, input_filter=input_filter)
     models.freeze_to_top(model, cfg.unfrozen)
     model.eval()
     dc = models.data_config(arch, size)
@@ -566,3 +568,61 @@ def test_every_arch_round_trips_through_a_checkpoint_and_predict(arch, tmp_path)
     with torch.no_grad():
         want = float(models.prob_fake(model(x[None]))[0])
     assert got[0]["prob_fake"] == pytest.approx(want, abs=1e-5)
+
+
+def test_srm_filter_removes_content_and_keeps_single_pixel_traces():
+    """The srm residual of a flat image and of a linear ramp (smooth shading: content) is zero away
+    from the border; a single bright pixel (a trace) comes out as the kernels themselves."""
+    from dfsearch.models.filters import GAIN, srm, srm_kernels
+
+    ramp = torch.linspace(-1, 1, 16)[None, None, None, :].expand(1, 3, 16, 16) * 0.7 + 0.2
+    assert torch.allclose(srm(ramp)[..., 2:-2, 2:-2], torch.zeros(1, 3, 12, 12), atol=1e-6)
+    assert torch.allclose(srm(torch.full((1, 3, 9, 9), 0.3)), torch.zeros(1, 3, 9, 9), atol=1e-6)
+    impulse = torch.zeros(1, 3, 9, 9)
+    impulse[..., 4, 4] = 1.0
+    out = srm(impulse)
+    assert out.shape == impulse.shape
+    # each output channel is one kernel applied to the mean of R, G, B (the kernels are symmetric)
+    assert torch.allclose(out[0, :, 2:7, 2:7], GAIN * srm_kernels()[:, 0] * 3, atol=1e-6)
+    assert srm_kernels()[:, 0].abs().sum() > 0 and torch.allclose(srm_kernels().sum(dim=(1, 2, 3)), torch.zeros(3), atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vit_tiny_patch16_224", "capsnet"])
+def test_input_filter_changes_what_the_model_sees_not_its_weights(arch):
+    """``input_filter="srm"`` adds no parameter or buffer (same state dict, layer groups and
+    freezing as the plain arch), and the model computes plain_model(srm(x))."""
+    from dfsearch.models.filters import srm
+
+    torch.manual_seed(0)
+    plain = models.create(arch, img_size=32).eval()
+    filtered = models.create(arch, img_size=32, input_filter="srm").eval()
+    assert filtered.input_filter == "srm" and plain.input_filter == "none"
+    state = plain.state_dict()
+    assert list(filtered.state_dict()) == list(state)
+    filtered.load_state_dict(state, strict=True)
+    assert models.layer_groups(filtered) == models.layer_groups(plain)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(filtered(x), plain(srm(x)), atol=1e-5)
+        assert not torch.allclose(filtered(x), plain(x), atol=1e-3)
+
+
+def test_unknown_input_filter_is_refused_at_every_boundary(tmp_path):
+    from dfsearch import search_space
+    from dfsearch.config import TrainConfig
+    from dfsearch.errors import DfsearchError
+    from dfsearch.models import filters
+
+    with pytest.raises(DfsearchError, match="input_filter 'sobel': accepted: none, srm"):
+        models.create("small_cnn", input_filter="sobel")
+    with pytest.raises(Exception, match="input_filter"):
+        TrainConfig(arch="small_cnn", input_filter="sobel")
+    space = tmp_path / "s.yaml"
+    space.write_text("profiles: {cpu: {num_samples: 1, max_epochs: 1}}\n"
+                     "archs: {small_cnn: {input_filter: {choice: [srm, sobel]}}}\n")
+    with pytest.raises(DfsearchError, match=r"archs\.small_cnn\.input_filter: .*'none' or 'srm'"):
+        search_space.load(space)
+    # the config's accepted values are the filters module's
+    from typing import get_args
+
+    assert get_args(TrainConfig.model_fields["input_filter"].annotation) == ("none", *filters.FILTERS)

@@ -9,6 +9,24 @@
 * Both classes then share the same post-processing: optional Gaussian blur, camera-like noise,
   JPEG compression with a random quality. A model can only win by finding the fingerprint.
 
+Generator families (``families``; the default is ``upsample`` alone, the recipe above, byte for
+byte what version 1 wrote). Each leaves its trace at another scale:
+
+* ``upsample``: the whole image through the x2 generator path above (GAN synthesis, as the 140k
+  set's StyleGAN fakes): a trace in every 2 x 2 block.
+* ``blend``: a face swap. A soft-edged ellipse of another image, rendered at half resolution and
+  bilinearly upsampled (smoother than the camera), colour-matched to the region it covers and
+  pasted with a feathered mask (Li et al. 2020, "Face X-ray": the blending boundary; Mirsky & Lee
+  2021): a region whose detail and noise level differ from the rest, and a boundary.
+* ``spectral``: a generator without a camera (diffusion outputs): the content slightly low-passed
+  (no sensor detail), then the generator's own high-frequency pattern added, a luminance-only,
+  high-pass ("blue") noise instead of per-channel sensor noise (Corvi et al. 2023, Ricker et al.
+  2024: diffusion images differ from real ones in the high-frequency spectrum).
+
+With several families (or one other than ``upsample``) the fakes are written to
+``fake/<family>/``, so ``dfsearch evaluate`` scores each family against the shared real images;
+the loader reads sub-folders of a class folder as that class.
+
 ``difficulty`` in [0, 1] controls how much of the lost detail a fake gets back (and so how faint
 its fingerprint is). Everything is deterministic given ``seed``; the folder layout is the generic
 ``OUT/{train,valid,test}/{real,fake}/*.jpg``, so the same loader reads it.
@@ -31,6 +49,9 @@ from dfsearch.paths import cache_dir
 VERSION = 1  # bump when the recipe changes: cached sets are keyed by it
 DEFAULTS = dict(n=3000, size=64, seed=0, difficulty=0.4)
 SPLIT_SEEDS = {"train": 0, "valid": 1, "test": 2}
+FAMILIES = ("upsample", "blend", "spectral")
+DEFAULT_FAMILIES = ("upsample",)
+FAMILY_SEEDS = {"blend": 1, "spectral": 2}  # upsample: none, so its images are version 1's
 
 
 def _content(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -110,6 +131,44 @@ def _generator_path(img: np.ndarray, rng: np.random.Generator, difficulty: float
     return np.clip(up + keep * (img - up), 0.0, 1.0)
 
 
+def _blend(img: np.ndarray, rng: np.random.Generator, difficulty: float) -> np.ndarray:
+    """A face-swap-like fake: an ellipse of another image, generated smoother, colour-matched and
+    pasted with a feathered edge."""
+    size = img.shape[0]
+    donor = _content(rng, size)
+    smooth = _bilinear2(_downsample2(donor))
+    keep = np.clip(0.1 + 0.6 * difficulty + rng.uniform(-0.05, 0.05), 0.0, 1.0)
+    donor = smooth + keep * (donor - smooth)
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    cy, cx = size * (0.5 + rng.uniform(-0.1, 0.1, size=2))
+    ry, rx = size * rng.uniform(0.22, 0.34), size * rng.uniform(0.18, 0.3)
+    dist = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
+    mask = np.clip((1 - dist) / rng.uniform(0.1, 0.25), 0.0, 1.0)[..., None]  # 1 inside, a ramp at the edge
+    inside = mask[..., 0] > 0.5
+    # colour transfer, as swap pipelines do: the donor's region takes the target region's mean and std
+    d_in, t_in = donor[inside], img[inside]
+    donor = (donor - d_in.mean(0)) / (d_in.std(0) + 1e-6) * t_in.std(0) + t_in.mean(0)
+    return np.clip(mask * donor + (1 - mask) * img, 0.0, 1.0)
+
+
+def _spectral(img: np.ndarray, rng: np.random.Generator, difficulty: float) -> np.ndarray:
+    """A camera-less generator: the content low-passed a little, plus a luminance-only blue noise."""
+    im = Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8))
+    smooth = np.asarray(im.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.5, 0.8))), dtype=np.float64) / 255
+    noise = rng.normal(0, 1, size=img.shape[:2])
+    blue = noise - 0.25 * (np.roll(noise, 1, 0) + np.roll(noise, -1, 0) + np.roll(noise, 1, 1) + np.roll(noise, -1, 1))
+    amp = (1.0 - 0.7 * difficulty) * rng.uniform(0.012, 0.022)
+    return np.clip(smooth + amp * blue[..., None], 0.0, 1.0)
+
+
+def _fake(img: np.ndarray, rng: np.random.Generator, difficulty: float, family: str) -> np.ndarray:
+    if family == "blend":
+        return _blend(img, rng, difficulty)
+    if family == "spectral":
+        return _spectral(img, rng, difficulty)
+    return _generator_path(img, rng, difficulty)
+
+
 def _postprocess(img: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, int]:
     """Shared by both classes: blur, camera noise, JPEG quality (returned for saving)."""
     im = Image.fromarray((img * 255).round().astype(np.uint8))
@@ -121,13 +180,30 @@ def _postprocess(img: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image
     return im, int(rng.integers(75, 96))
 
 
-def make_image(seed: int, split: str, index: int, fake: bool, size: int, difficulty: float):
+def make_image(seed: int, split: str, index: int, fake: bool, size: int, difficulty: float,
+               family: str = "upsample"):
     """One image, deterministic in its arguments. Returns (PIL image, JPEG quality)."""
-    rng = np.random.default_rng([seed, SPLIT_SEEDS[split], index, int(fake)])
+    key = [seed, SPLIT_SEEDS[split], index, int(fake)] + ([FAMILY_SEEDS[family]] if fake and family in FAMILY_SEEDS else [])
+    rng = np.random.default_rng(key)
     img = _content(rng, size)
     if fake:
-        img = _generator_path(img, rng, difficulty)
+        img = _fake(img, rng, difficulty, family)
     return _postprocess(img, rng)
+
+
+def family_of(index: int, families) -> str:
+    """The family of fake number ``index`` (odd indices are fakes): the families take turns."""
+    return families[(index // 2) % len(families)]
+
+
+def check_families(families) -> tuple[str, ...]:
+    """The families as a tuple, in the order given; DfsearchError naming an unknown or repeated one."""
+    families = tuple(families)
+    bad = [f for f in families if f not in FAMILIES]
+    if bad or not families or len(set(families)) < len(families):
+        raise DfsearchError(f"--families {','.join(families)}: accepted: one or more of {', '.join(FAMILIES)}, "
+                            f"each once (comma-separated)")
+    return families
 
 
 def split_sizes(n: int) -> dict[str, int]:
@@ -147,12 +223,16 @@ def validate_params(n: int, size: int, seed: int, difficulty: float) -> None:
 
 
 def generate(out: str | Path, *, n: int = 3000, size: int = 64, seed: int = 0,
-             difficulty: float = 0.5, progress: bool = True) -> Path:
+             difficulty: float = 0.5, families=DEFAULT_FAMILIES, progress: bool = True) -> Path:
     """Write the benchmark to ``out`` (replaced atomically) and return it.
 
-    ``out/synth.json`` records the parameters; the images follow the generic layout.
+    ``out/synth.json`` records the parameters (and the fakes per family and split); the images
+    follow the generic layout, the fakes in ``fake/<family>/`` unless ``families`` is the default.
     """
     validate_params(n, size, seed, difficulty)
+    families = check_families(families)
+    nested = families != DEFAULT_FAMILIES
+    per_family = {split: {f: 0 for f in families} for split in SPLIT_SEEDS}
     out = Path(out)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -164,13 +244,22 @@ def generate(out: str | Path, *, n: int = 3000, size: int = 64, seed: int = 0,
     for split, count in sizes.items():
         for cls in ("real", "fake"):
             (tmp / split / cls).mkdir(parents=True, exist_ok=True)
+        for f in families if nested else ():
+            (tmp / split / "fake" / f).mkdir()
         for i in range(count):
             fake = i % 2 == 1
-            im, quality = make_image(seed, split, i, fake, size, difficulty)
-            im.save(tmp / split / ("fake" if fake else "real") / f"{i:06d}.jpg", quality=quality)
+            family = family_of(i, families)
+            im, quality = make_image(seed, split, i, fake, size, difficulty, family)
+            folder = tmp / split / ("fake" if fake else "real")
+            if fake:
+                per_family[split][family] += 1
+                folder = folder / family if nested else folder
+            im.save(folder / f"{i:06d}.jpg", quality=quality)
             bar.update()
     bar.close()
     meta = dict(VERSION=VERSION, n=n, size=size, seed=seed, difficulty=difficulty, splits=sizes)
+    if nested:
+        meta.update(families=list(families), fakes_per_family=per_family)
     (tmp / "synth.json").write_text(json.dumps(meta, indent=2))
     if out.exists():
         shutil.rmtree(out)
@@ -180,27 +269,30 @@ def generate(out: str | Path, *, n: int = 3000, size: int = 64, seed: int = 0,
 
 
 def default_dataset(*, n: int | None = None, size: int | None = None, seed: int | None = None,
-                    difficulty: float | None = None, progress: bool = True) -> Path:
+                    difficulty: float | None = None, families=None, progress: bool = True) -> Path:
     """The cached embedded benchmark (generated on first use; later calls reuse it)."""
     p = {**DEFAULTS, **{k: v for k, v in dict(n=n, size=size, seed=seed, difficulty=difficulty).items()
                         if v is not None}}
-    path = cache_dir() / f"synth-v{VERSION}-n{p['n']}-s{p['size']}-seed{p['seed']}-d{p['difficulty']}"
+    families = check_families(families or DEFAULT_FAMILIES)
+    tag = "" if families == DEFAULT_FAMILIES else "-f" + "+".join(families)
+    path = cache_dir() / f"synth-v{VERSION}-n{p['n']}-s{p['size']}-seed{p['seed']}-d{p['difficulty']}{tag}"
     if not (path / "synth.json").exists():
         print(f"dfsearch: generating the embedded synthetic dataset in {path} (once; cached)",
               file=sys.stderr)
-        generate(path, progress=progress, **p)
+        generate(path, progress=progress, families=families, **p)
     return path
 
 
 def run(args) -> int:
-    """``dfsearch synth OUT --n --size --seed --difficulty``."""
+    """``dfsearch synth OUT --n --size --seed --difficulty --families``."""
     out = generate(args.out, n=args.n, size=args.size, seed=args.seed, difficulty=args.difficulty,
-                   progress=not args.json)
+                   families=args.families.split(","), progress=not args.json)
     meta = json.loads((out / "synth.json").read_text())
     if args.json:
         print(json.dumps({"out": str(out), **meta}))
     else:
         s = meta["splits"]
         print(f"wrote {sum(s.values())} images ({s['train']} train / {s['valid']} valid / {s['test']} test, "
-              f"half real, half fake, {meta['size']}px, difficulty {meta['difficulty']}) to {out}")
+              f"half real, half fake, {meta['size']}px, difficulty {meta['difficulty']}, fakes: "
+              f"{', '.join(meta.get('families', DEFAULT_FAMILIES))}) to {out}")
     return 0

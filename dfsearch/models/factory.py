@@ -26,7 +26,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_data_
 from timm.models import group_modules, group_parameters, load_state_dict
 
 from dfsearch.errors import DfsearchError
-from dfsearch.models import ModelSpec, fit_img_size, get_spec, pretrained_kind, validate
+from dfsearch.models import ModelSpec, filters, fit_img_size, get_spec, pretrained_kind, validate
 from dfsearch.models.weights import how_to_provide
 
 IMAGENET_MEAN = IMAGENET_DEFAULT_MEAN  # (0.485, 0.456, 0.406)
@@ -64,15 +64,23 @@ def _create_custom(spec: ModelSpec, kind: str, value, num_classes: int, **kwargs
 
 
 def create(arch: str, pretrained: bool | str | os.PathLike = False, num_classes: int = 1,
-           img_size: int = 64, **kwargs) -> nn.Module:
+           img_size: int = 64, input_filter: str = "none", **kwargs) -> nn.Module:
     """Build ``arch`` for binary real/fake classification.
 
     ``num_classes`` 1 -> one logit (sigmoid = P(fake)); 2 -> two logits (softmax[:, 1] = P(fake)).
     ``pretrained``: false, true (the arch's default published weights), one of its tags
     (``ModelSpec.pretrained_tags``), a weights file, or a directory holding ``<arch>.safetensors``
-    (or .pth/.pt/.bin); files are loaded weights-only. Raises DfsearchError for an unknown arch, bad
-    sizes, or weights that cannot be had (never a silent random init).
+    (or .pth/.pt/.bin); files are loaded weights-only. ``input_filter``: ``none`` or ``srm``
+    (high-pass residuals before the first layer, ``dfsearch.models.filters``; no parameters, so the
+    state dict is the plain arch's). Raises DfsearchError for an unknown arch, bad sizes, or
+    weights that cannot be had (never a silent random init).
     """
+    if input_filter not in ("none", *filters.FILTERS):
+        raise DfsearchError(f"input_filter {input_filter!r}: accepted: none, {', '.join(filters.FILTERS)}")
+    return filters.attach(_create(arch, pretrained, num_classes, img_size, **kwargs), input_filter)
+
+
+def _create(arch: str, pretrained, num_classes: int, img_size: int, **kwargs) -> nn.Module:
     spec = validate(arch, num_classes, img_size)
     kind, value = pretrained_kind(arch, pretrained)  # validates the weights asked for (once: it stats files)
     if spec.builder is not None:
