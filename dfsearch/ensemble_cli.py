@@ -60,6 +60,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-chance-level", action="store_true",
                    help="let candidates at chance on val (AUC not 2 SE above 0.5, or near-constant output) "
                         "into the pool; by default they are left out and listed")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap resamples of the test intervals in the side-by-side table (0: none)")
+    p.add_argument("--no-cost", action="store_true",
+                   help="do not load and time the checkpoints for the predict-time cost (parameters, images/s)")
     p.add_argument("--out", help="output folder (default: <run>/ensemble)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     p.add_argument("--wandb-mode", choices=tracking.MODES,
@@ -156,6 +160,10 @@ def log_to_wandb(result: dict, out: Path, group: str, mode: str, project: str) -
     tracking.log(run, {**_metrics_row(result), "best_round": result["best_round"],
                        "pool_size": result["pool_size"], "n_members": len(result["members"]),
                        "excluded_chance_level": len(result["excluded_chance_level"])})
+    comp = result.get("comparison") or {}  # each entry calibrated at its own val threshold
+    tracking.log(run, {**{f"compare/{k}/test_{m}": v["test"][m] for k, v in comp.get("rows", {}).items()
+                          for m in ("accuracy", "roc_auc")},
+                       **{f"compare/gain_{m}": d["diff"] for m, d in comp.get("gain", {}).items()}})
     tracking.log_images(run, {name.removesuffix(".png"): out / name for name in PLOTS})
     tracking.finish(run)
     return run
@@ -167,6 +175,8 @@ def run(args) -> int:
         if value is not None and value < 1:
             raise DfsearchError(f"{flag} {value}: must be >= 1")
     check_target_fpr(args.target_fpr, "--target-fpr")
+    if args.bootstrap < 0:
+        raise DfsearchError(f"--bootstrap {args.bootstrap}: must be >= 0 (0: no intervals)")
     if args.out and remote.is_uri(args.out):  # not taken for a local folder "s3:/..."
         raise DfsearchError(f"--out {args.out}: a local folder only; with --run URI the ensemble is copied back "
                             f"to URI/ensemble by itself")
@@ -201,7 +211,7 @@ def run(args) -> int:
     try:
         result = run_ensemble(store_dir, top_k=args.top_k, rounds=args.rounds, metric=args.metric,
                               nbest=args.nbest, chance_z=None if args.keep_chance_level else DEFAULT_Z,
-                              target_fpr=args.target_fpr,
+                              target_fpr=args.target_fpr, n_boot=args.bootstrap, cost=not args.no_cost,
                               out_dir=scratch)
         check_members(result["members"], store_dir)
         out.mkdir(parents=True, exist_ok=True)

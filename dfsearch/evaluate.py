@@ -41,8 +41,7 @@ from dfsearch.errors import DfsearchError
 
 CLASS_DIRS = {"real": 0, "fake": 1, "0_real": 0, "1_fake": 1}
 TRAIN_NAMES = ("train",)
-HEADLINE = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "average_precision", "eer")
-NEED_BOTH = ("balanced_accuracy", "roc_auc", "average_precision", "eer")
+NEED_BOTH = ("balanced_accuracy", "roc_auc", "average_precision", "eer")  # of metrics.HEADLINE
 MAX_DEPTH = 4
 
 
@@ -121,48 +120,9 @@ def _pooled(sets: list[EvalSet]) -> list[EvalSet]:
 # ----------------------------------------------------------------------------- metrics with intervals
 
 
-def bootstrap_intervals(labels, probs, threshold: float, n: int = 1000, seed: int = 0,
-                        level: float = 0.95) -> dict[str, list[float]]:
-    """``{metric: [lo, hi]}``: percentile bootstrap intervals of the ``HEADLINE`` metrics, resampling
-    the images with replacement ``n`` times (resamples that lose a class count for no metric that
-    needs both). Empty for ``n`` 0."""
-    y, p = np.asarray(labels).astype(int), np.asarray(probs, dtype=np.float64)
-    if n <= 0 or not len(y):
-        return {}
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {k: [] for k in HEADLINE}
-    for _ in range(n):
-        i = rng.integers(0, len(y), len(y))
-        m = headline(y[i], p[i], threshold)
-        for k in HEADLINE:
-            if np.isfinite(m[k]):
-                draws[k].append(m[k])
-    a = (1 - level) / 2
-    return {k: [float(np.quantile(v, a)), float(np.quantile(v, 1 - a))] for k, v in draws.items() if v}
-
-
-def headline(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
-    """The ``HEADLINE`` metrics of labels ``y`` (int) and P(fake) ``p``, as ``binary_metrics``
-    computes them, without its other work (the bootstrap calls this a thousand times a set).
-    Balanced accuracy is the mean of the two per-class recalls; NaN where a class is missing."""
-    from sklearn.metrics import average_precision_score
-
-    from dfsearch.metrics import accuracy, equal_error_rate, roc_auc
-
-    pred = p >= threshold
-    tp, fp = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum())
-    fn, tn = int((~pred & (y == 1)).sum()), int((~pred & (y == 0)).sum())
-    both = tp + fn > 0 and tn + fp > 0
-    return dict(accuracy=accuracy(y, p, threshold),
-                balanced_accuracy=(tp / (tp + fn) + tn / (tn + fp)) / 2 if both else float("nan"),
-                f1=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
-                roc_auc=roc_auc(y, p), eer=equal_error_rate(y, p),
-                average_precision=float(average_precision_score(y, p)) if both else float("nan"))
-
-
 def score(labels, probs, threshold: float, n_boot: int = 1000, seed: int = 0) -> dict:
     """Every metric of one set at ``threshold``, its intervals (``ci``) and what it cannot give."""
-    from dfsearch.metrics import binary_metrics
+    from dfsearch.metrics import binary_metrics, bootstrap_intervals, headline
 
     y, p = np.asarray(labels).astype(int), np.asarray(probs, dtype=np.float64)
     m = {**binary_metrics(y, p, threshold), **headline(y, p, threshold)}

@@ -1,6 +1,7 @@
 """Greedy ensemble selection: behaviour on crafted prediction sets, tie-breaking, bad input."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -521,3 +522,93 @@ def test_the_command_names_the_store_file_as_the_store_does():
     from dfsearch import ensemble_cli, store
 
     assert ensemble_cli.PREDICTIONS_FILE == store.PREDICTIONS_FILE
+
+
+# ---------------------------------------------------------------------------------------------
+# the side-by-side comparison on test (issue #12 section 4)
+
+
+def test_comparison_credits_the_ensemble_only_with_what_combining_buys(tmp_path):
+    """Each entry is calibrated at its own val threshold. On the crafted store the complementary
+    member is a real gain: the paired interval of the accuracy gain lies above 0. A store whose
+    ensemble is the best single alone has gain exactly 0, interval [0, 0]."""
+    res = run_ensemble(_crafted_store(tmp_path / "store"), top_k=4, rounds=20, n_boot=300, out_dir=tmp_path / "o")
+    comp = res["comparison"]
+    assert set(comp["rows"]) == {"ensemble", "best_single", "naive_top_k"}
+    for row in comp["rows"].values():
+        lo, hi = row["ci"]["accuracy"]
+        assert lo <= row["test"]["accuracy"] <= hi and hi - lo < 0.2
+    gain = comp["gain"]["accuracy"]
+    assert gain["diff"] == pytest.approx(comp["rows"]["ensemble"]["test"]["accuracy"]
+                                         - comp["rows"]["best_single"]["test"]["accuracy"])
+    assert gain["ci"][0] > 0
+    assert comp["cost"] == {}  # /ckpt/... does not exist: no cost, and no error
+    text = format_summary(res)
+    assert "gain of the ensemble over the best single (paired): accuracy +" in text
+    assert "(inside the noise)" not in text.split("gain of")[1].split(",")[0]
+
+    def one_strong(split, probs, y):  # only strong_a is better than chance: the ensemble is it alone
+        return probs
+
+    rng = np.random.default_rng(1)
+    frames = []
+    for split in ("val", "test"):
+        y = np.repeat([0, 1], 100).astype(np.int8)
+        ids = [f"{split}/{'fake' if v else 'real'}/{j:03d}.jpg" for j, v in enumerate(y)]
+        frames.append(predictions_frame("solo", split, ids, y, np.clip(0.3 + 0.4 * y + rng.normal(0, 0.15, 200), 0, 1)))
+    solo = tmp_path / "solo"
+    write_predictions(pd.concat(frames, ignore_index=True), solo)
+    res = run_ensemble(solo, top_k=2, rounds=5, n_boot=100, out_dir=tmp_path / "o2")
+    assert res["comparison"]["gain"]["accuracy"] == {"diff": 0.0, "ci": [0.0, 0.0]}
+    assert "accuracy +0.000 [+0.000, +0.000] (inside the noise)" in format_summary(res)
+
+
+def test_per_fake_source_rows_score_each_generator_against_all_real_images(tmp_path):
+    """Fakes in fake/<source>/ folders (the benchmark's families): a detector that finds only the
+    blend fakes has AUC ~1 on blend and ~0.5 on upsample, each against all the real images."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for split in ("val", "test"):
+        ids = ([f"{split}/real/{j:03d}.jpg" for j in range(100)] + [f"{split}/fake/blend/{j:03d}.jpg" for j in range(50)]
+               + [f"{split}/fake/upsample/{j:03d}.jpg" for j in range(50)])
+        y = np.repeat([0, 1], 100).astype(np.int8)
+        blend_found = np.r_[rng.uniform(0.1, 0.5, 100), rng.uniform(0.6, 0.9, 50), rng.uniform(0.1, 0.5, 50)]
+        frames.append(predictions_frame("blend_finder", split, ids, y, blend_found))
+    write_predictions(pd.concat(frames, ignore_index=True), tmp_path / "s")
+    res = run_ensemble(tmp_path / "s", top_k=1, rounds=3, n_boot=0, out_dir=tmp_path / "o")
+    per = res["comparison"]["per_source"]
+    assert set(per) == {"blend", "upsample"}
+    assert per["blend"]["ensemble"]["roc_auc"] == 1.0 and per["blend"]["ensemble"]["n_fake"] == 50
+    assert 0.35 < per["upsample"]["ensemble"]["roc_auc"] < 0.65
+    assert per["blend"]["ensemble"]["detected"] > per["upsample"]["ensemble"]["detected"]
+    assert re.search(r"blend \(50 fakes\): ensemble 0\.9\d\d / 1\.000", format_summary(res))
+
+
+def test_predict_time_cost_counts_every_member(tmp_path):
+    """With checkpoints in the run folder, each entry's parameters are the sum of its members'
+    (read from the safetensors headers) and its images/s those of running them all."""
+    import torch
+
+    from dfsearch import checkpoint as ckpt_io
+    from dfsearch import models
+    from dfsearch.config import TrainConfig
+    from dfsearch.ensemble.cost import count_params
+
+    store = _crafted_store(tmp_path / "run", n=200)
+    cands = pd.read_parquet(store / "candidates.parquet")
+    for i, cand in enumerate(cands["candidate"]):
+        folder = store / "train" / cand / "checkpoint_000001"
+        torch.manual_seed(i)
+        model = models.create("small_cnn", img_size=16)
+        cfg = TrainConfig(arch="small_cnn", img_size=16, input_policy="crop")
+        ckpt_io.save(folder, model, {"train": cfg.model_dump(), "data": models.data_config("small_cnn", 16)}, {})
+    cands["checkpoint"] = [f"train/{c}/checkpoint_000001" for c in cands["candidate"]]
+    cands.to_parquet(store / "candidates.parquet")
+    res = run_ensemble(store, top_k=4, rounds=20, n_boot=0, out_dir=tmp_path / "o")
+    cost = res["comparison"]["cost"]
+    one = count_params(store / "train" / "strong_a" / "checkpoint_000001")
+    assert one == models.count_params(models.create("small_cnn", img_size=16))
+    assert cost["best_single"]["params"] == one and cost["best_single"]["members"] == 1
+    assert cost["ensemble"]["params"] == one * len(res["members"])
+    assert cost["naive_top_k"]["members"] == len(res["naive_top_k"]["candidates"])
+    assert 0 < cost["ensemble"]["images_per_s"] < cost["best_single"]["images_per_s"] * 1.5

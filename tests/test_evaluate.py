@@ -15,7 +15,7 @@ from PIL import Image
 from dfsearch import evaluate, models
 from dfsearch.cli import main
 from dfsearch.errors import DfsearchError
-from dfsearch.metrics import binary_metrics
+from dfsearch.metrics import HEADLINE, binary_metrics, headline
 
 
 def _images(folder: Path, n: int, size: int = 24, seed: int = 0, bright: bool = False):
@@ -74,10 +74,10 @@ def test_intervals_cover_the_estimate_and_shrink_with_signal():
     perfect = evaluate.score(y, y * 0.8 + 0.1, 0.5, n_boot=100)
     assert perfect["ci"]["roc_auc"] == [1.0, 1.0] and perfect["accuracy"] == 1.0
     assert perfect["balanced_accuracy"] == 1.0 and perfect["eer"] == 0.0
-    for k in evaluate.HEADLINE:  # the fast bootstrap path computes what binary_metrics computes
+    for k in HEADLINE:  # the fast bootstrap path computes what binary_metrics computes
         p = rng.random(600)
         full = binary_metrics(y, p, 0.4)
-        fast = evaluate.headline(y, p, 0.4)
+        fast = headline(y, p, 0.4)
         if k in full:
             assert fast[k] == pytest.approx(full[k], abs=1e-12), k
 
@@ -168,3 +168,20 @@ def test_the_benchmark_families_are_scored_each_against_the_shared_real_images(t
     assert _names(sets) == [("test", 3, 3), ("test [blend]", 3, 1), ("test [spectral]", 3, 1),
                             ("test [upsample]", 3, 1), ("valid", 3, 3), ("valid [blend]", 3, 1),
                             ("valid [spectral]", 3, 1), ("valid [upsample]", 3, 1)]
+
+
+def test_all_resamples_at_once_score_what_each_resample_scores_alone():
+    """``weighted_scores`` (every bootstrap resample in one pass, ties in AUC counted half) equals
+    ``headline`` run on each resample's images, with ties and one-class resamples included."""
+    from dfsearch.metrics import resample_weights, weighted_scores
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(40) < 0.3).astype(int)
+    p = np.round(rng.random(40), 1)  # many ties
+    W = resample_weights(40, 200, seed=1)
+    fast = weighted_scores(y, p, 0.5, W)
+    for r in range(200):
+        i = np.repeat(np.arange(40), W[r].astype(int))
+        slow = headline(y[i], p[i], 0.5)
+        for k, v in fast.items():
+            assert (np.isnan(v[r]) and np.isnan(slow[k])) or v[r] == pytest.approx(slow[k], abs=1e-12), (r, k)

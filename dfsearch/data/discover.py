@@ -364,6 +364,17 @@ def _list_images(root: str, rel_dir: str, skipped: list[dict]) -> list[str]:
     return found
 
 
+def fake_source(sample_id: str) -> str | None:
+    """The generator a fake's sample id names, as the folder right below its class folder
+    (``test/fake/blend/000001.jpg`` -> ``blend``; the embedded benchmark's families, or a user's
+    ``fake/<method>/``); None for a fake directly in its class folder or a real image."""
+    parts = sample_id.split("/")
+    for i, part in enumerate(parts[:-2]):
+        if CLASSES.get(part.lower()) == 1:
+            return parts[i + 1]
+    return None
+
+
 # ----------------------------------------------------------------------------- validating and carving
 
 

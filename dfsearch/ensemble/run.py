@@ -18,7 +18,7 @@ import numpy as np
 
 from dfsearch.ensemble import check_target_fpr
 from dfsearch.ensemble.alignment import align
-from dfsearch.ensemble.evaluation import calibrate_blend, evaluate
+from dfsearch.ensemble.evaluation import calibrate_blend, compare, evaluate
 from dfsearch.ensemble.plots import write_plots
 from dfsearch.ensemble.screening import DEFAULT_Z, screen
 from dfsearch.ensemble.selection import check_args, rank_candidates, select
@@ -41,7 +41,7 @@ def _jsonable(x):
 
 def run_ensemble(predictions_dir, *, top_k: int = 4, rounds: int = 50, metric: str = "accuracy",
                  nbest: int | None = None, chance_z: float | None = DEFAULT_Z, target_fpr: float | None = None,
-                 out_dir) -> dict:
+                 n_boot: int = 1000, cost: bool = True, out_dir) -> dict:
     """Select an ensemble from the store in ``predictions_dir`` and report it.
 
     ``nbest`` limits the pool to the N best candidates by individual val score first (like
@@ -49,7 +49,11 @@ def run_ensemble(predictions_dir, *, top_k: int = 4, rounds: int = 50, metric: s
     is more than ``chance_z`` null standard errors above 0.5 and its val probabilities are not
     near-constant (``screening``); None keeps every candidate. The blend's Platt scaling and decision
     threshold are fitted on val (``calibration``: max accuracy, or the lowest threshold whose val
-    false-positive rate is at most ``target_fpr``) and stored for ``dfsearch predict``. Writes
+    false-positive rate is at most ``target_fpr``) and stored for ``dfsearch predict``. ``comparison``
+    puts the ensemble, the best single and the naive top-k average side by side on test, each
+    calibrated at its own val threshold, with ``n_boot`` bootstrap intervals, the ensemble's gain with
+    a paired interval, per fake source, and (``cost``: the checkpoints are loaded and timed) the
+    parameters and images/s each costs at predict time. Writes
     ``out_dir/ensemble.json`` (the returned dict), ``roc.png``, ``confusion.png`` and ``trajectory.png``.
     """
     check_args(top_k, rounds, metric)
@@ -72,6 +76,7 @@ def run_ensemble(predictions_dir, *, top_k: int = 4, rounds: int = 50, metric: s
     selection = select(pool.P["val"], pool.y["val"], top_k=top_k, rounds=rounds, metric=metric)
     ev = evaluate(pool, selection, top_k)
     calibration = calibrate_blend(pool, selection.weights, target_fpr)
+    comparison = compare(pool, ev, selection.weights, calibration, target_fpr, n_boot=n_boot)
 
     info = {}
     cands = read_candidates(predictions_dir)
@@ -102,8 +107,13 @@ def run_ensemble(predictions_dir, *, top_k: int = 4, rounds: int = 50, metric: s
         "best_single": {k: v for k, v in ev["best_single"].items() if k != "index"},
         "naive_top_k": {k: v for k, v in ev["naive_top_k"].items() if k != "indices"},
         "calibration": calibration,
+        "comparison": comparison,
         "source": str(predictions_dir),
     }
+    if cost:
+        names = {"ensemble": [m["candidate"] for m in members], "best_single": [ev["best_single"]["candidate"]],
+                 "naive_top_k": ev["naive_top_k"]["candidates"]}
+        comparison["cost"] = _costs(predictions_dir, info, names)
     result = _jsonable(result)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,6 +122,72 @@ def run_ensemble(predictions_dir, *, top_k: int = 4, rounds: int = 50, metric: s
     tmp.replace(out / "ensemble.json")
     write_plots(out, pool, selection, result)
     return result
+
+
+def _costs(run_dir, info: dict, names: dict[str, list[str]]) -> dict:
+    """``{entry: combined cost}`` for the entries whose every member has a checkpoint here
+    (a store of predictions from elsewhere has none: those entries are left out)."""
+    from dfsearch.ensemble.cost import checkpoint_cost, combined
+
+    per, out = {}, {}
+    for entry, cands in names.items():
+        folders = [info.get(c, {}).get("checkpoint") for c in cands]
+        paths = [Path(f) if Path(f).is_absolute() else Path(run_dir) / f for f in folders if f]
+        if len(paths) < len(cands) or not all((p / "model.safetensors").is_file() for p in paths):
+            continue
+        for c, p in zip(cands, paths):
+            if c not in per:
+                per[c] = checkpoint_cost(p)
+        out[entry] = combined([per[c] for c in cands])
+    return out
+
+
+def _ci(m: dict, ci: dict, key: str) -> str:
+    v = m.get(key)
+    if v is None:
+        return "n/a"
+    return f"{v:.3f} [{ci[key][0]:.3f}, {ci[key][1]:.3f}]" if ci.get(key) else f"{v:.3f}"
+
+
+def _signed(d: dict) -> str:
+    if d.get("diff") is None:
+        return "n/a"
+    ci = d.get("ci")
+    if not ci:
+        return f"{d['diff']:+.3f}"
+    inside = " (inside the noise)" if ci[0] <= 0 <= ci[1] else ""
+    return f"{d['diff']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]{inside}"
+
+
+def format_comparison(result: dict) -> list[str]:
+    """The side-by-side block of the summary (``result["comparison"]``)."""
+    comp = result.get("comparison")
+    if not comp:
+        return []
+    cost = comp.get("cost", {})
+    names = {"ensemble": f"ensemble ({len(result['members'])})",
+             "best_single": f"best single ({result['best_single']['candidate']})",
+             "naive_top_k": f"naive top-{len(result['naive_top_k']['candidates'])} average"}
+    lines = ["test, each calibrated on val at its val threshold: accuracy / roc_auc [95 % bootstrap], "
+             "cost at predict time",
+             f"  {'':<30}{'thr':>6}  {'accuracy':<22}{'roc_auc':<22}{'params':>9}{'img/s':>9}"]
+    for key, label in names.items():
+        row = comp["rows"][key]
+        c = cost.get(key)
+        label = label if len(label) <= 30 else label[:27] + "..."
+        lines.append(f"  {label:<30}{row['threshold']:>6.3f}  {_ci(row['test'], row['ci'], 'accuracy'):<22}"
+                     f"{_ci(row['test'], row['ci'], 'roc_auc'):<22}"
+                     + (f"{c['params'] / 1e6:>8.2f}M{c['images_per_s']:>9.0f}" if c else f"{'n/a':>9}{'n/a':>9}"))
+    g = comp["gain"]
+    lines.append(f"  gain of the ensemble over the best single (paired): accuracy {_signed(g['accuracy'])}, "
+                 f"roc_auc {_signed(g['roc_auc'])}")
+    if comp.get("per_source"):
+        lines.append("  per fake source (all real test images + that source's fakes): accuracy / roc_auc")
+        for src, by in comp["per_source"].items():
+            cells = ", ".join(f"{k.replace('_', ' ')} {v['accuracy']:.3f} / "
+                              + ("n/a" if v["roc_auc"] is None else f"{v['roc_auc']:.3f}") for k, v in by.items())
+            lines.append(f"    {src} ({next(iter(by.values()))['n_fake']} fakes): {cells}")
+    return lines
 
 
 def format_summary(result: dict) -> str:
@@ -146,4 +222,4 @@ def format_summary(result: dict) -> str:
                      f"threshold {cal['threshold']:.3f} "
                      f"({how}); test ECE {fmt(cal['test']['ece_uncalibrated']).strip()} -> "
                      f"{fmt(cal['test']['ece']).strip()}; dfsearch predict applies both")
-    return "\n".join(lines)
+    return "\n".join(lines + format_comparison(result))
