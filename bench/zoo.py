@@ -135,11 +135,14 @@ def train_eval(model, x_tr, y_tr, x_va, y_va, *, steps: int, batch: int, lr: flo
     acc = float(((p > 0.5) == y_va.numpy().astype(bool)).mean())
     return dict(val_acc=acc, val_auc=auc, auc_se=se, z=(auc - 0.5) / se if se > 0 else float("inf"),
                 train_img_s=steps * batch / train_s, eval_img_s=len(y_va) / eval_s, train_s=train_s,
-                final_loss=loss.item())
+                final_loss=loss.item(), probs=p)
 
 
-def one_arch(arch: str, steps: int, batch: int, seed: int, overrides: dict | None = None) -> dict:
-    """Runs in its own process: build, preload, train, evaluate; peak RSS of this process."""
+def one_arch(arch: str, steps: int, batch: int, seed: int, overrides: dict | None = None,
+             families: tuple | None = None) -> dict:
+    """Runs in its own process: build, preload, train, evaluate; peak RSS of this process. With
+    ``families`` (the benchmark's generator families), the data has them all and the val AUC is
+    also given per family (that family's fakes against all the real val images)."""
     import torch
 
     from torchvision.transforms import v2 as T
@@ -158,7 +161,7 @@ def one_arch(arch: str, steps: int, batch: int, seed: int, overrides: dict | Non
     dc = models.data_config(arch, size)
     view = resolve("auto", size, [(64, 64)], zoom=r["zoom"], eval_view=r["eval_view"],
                    eval_tiles=r["eval_tiles"])  # as a trial resolves it
-    root = str(default_dataset())
+    root = str(default_dataset(families=families))
     index = discover(root)
     # training: the whole 64 px images preloaded, then the view's random crop (+ zoom) per batch
     x_tr, y_tr = load_split(root, index.splits["train"], build_transform(View("native", 64), dc["mean"], dc["std"]))
@@ -168,8 +171,27 @@ def one_arch(arch: str, steps: int, batch: int, seed: int, overrides: dict | Non
     model = models.create(arch, pretrained=False, num_classes=1, img_size=size, input_filter=r["input_filter"])
     out = train_eval(model, x_tr, y_tr, x_va, y_va, steps=steps, batch=batch, seed=seed, crop=crop,
                      lr=r["lr"], weight_decay=r["weight_decay"])
+    probs = out.pop("probs")
+    if families:
+        out["per_family"] = per_family(index.splits["valid"], probs, seed)
     return dict(arch=arch, img_size=size, policy=view.policy, params_m=models.count_params(model) / 1e6, **r, **out,
                 peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, data_rss_mb=rss_data)
+
+
+def per_family(items, probs, seed: int) -> dict:
+    """``{family: {"val_auc", "auc_se"}}``: each family's fakes against all the real images."""
+    import numpy as np
+
+    from dfsearch.data.discover import fake_source
+
+    y = np.array([label for _, label in items])
+    src = np.array([fake_source(sid) if label else "" for sid, label in items], dtype=object)
+    out = {}
+    for fam in sorted(set(src) - {""}):
+        keep = (y == 0) | (src == fam)
+        auc, se = auc_with_se(y[keep], np.asarray(probs)[keep], seed)
+        out[fam] = dict(val_auc=auc, auc_se=se)
+    return out
 
 
 def views_case(steps: int, batch: int, seed: int, n: int) -> list[dict]:
@@ -207,6 +229,7 @@ def views_case(steps: int, batch: int, seed: int, n: int) -> list[dict]:
             model = models.create("small_cnn", pretrained=False, num_classes=1, img_size=64)
             out = train_eval(model, None, y_tr, x_va, y_va, steps=steps, batch=batch, seed=seed,
                              augment=augment, lr=r["lr"], weight_decay=r["weight_decay"])
+            out.pop("probs")
             rows.append(dict(policy=policy, **out))
             print(f"  {policy}: val_acc {out['val_acc']:.3f} val_auc {out['val_auc']:.3f} "
                   f"(SE {out['auc_se']:.3f})", file=sys.stderr, flush=True)
@@ -232,6 +255,21 @@ def _zoo_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _family_table(rows: list[dict], families) -> str:
+    """Val AUC ± SE per generator family (its fakes against all the real val images), best per column in bold."""
+    ok = [r for r in rows if "per_family" in r]
+    best = {f: max((r["per_family"][f]["val_auc"] for r in ok), default=None) for f in families}
+    lines = ["| arch | " + " | ".join(families) + " |", "|---|" + "---:|" * len(families)]
+    for r in ok:
+        cells = []
+        for f in families:
+            m = r["per_family"][f]
+            cell = f"{m['val_auc']:.3f} ± {m['auc_se']:.3f}"
+            cells.append(f"**{cell}**" if m["val_auc"] == best[f] else cell)
+        lines.append(f"| {r['arch']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _views_table(rows: list[dict]) -> str:
     lines = ["| input policy | val acc | val AUC ± SE | train img/s |", "|---|---:|---:|---:|"]
     lines += [f"| {r['policy']} | {r['val_acc']:.3f} | {r['val_auc']:.3f} ± {r['auc_se']:.3f} | {r['train_img_s']:.0f} |"
@@ -253,23 +291,26 @@ def main() -> None:
     ap.add_argument("--lr", type=float, help="override every arch's lr")
     ap.add_argument("--eval-view", choices=("center", "tiles"), help="override every arch's eval view")
     ap.add_argument("--input-filter", choices=("none", "srm"), help="override every arch's input filter")
+    ap.add_argument("--families", help="train on the benchmark with these generator families (comma-separated, "
+                                       "e.g. upsample,blend,spectral) and give the val AUC per family too")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one arch in this process
     args = ap.parse_args()
+    families = tuple(args.families.split(",")) if args.families else None
     if args.one:
         print(json.dumps(one_arch(args.one, args.steps, args.batch, args.seed,
                                   dict(zoom=args.zoom, lr=args.lr, eval_view=args.eval_view,
-                                       input_filter=args.input_filter))))
+                                       input_filter=args.input_filter), families)))
         return
     from dfsearch import models
     from dfsearch.data.synth import default_dataset
 
-    default_dataset()  # generated once, before the timed subprocesses
+    default_dataset(families=families)  # generated once, before the timed subprocesses
     rows = []
     for i, arch in enumerate([] if args.only_views else (args.archs or models.known_archs())):
         print(f"[{i + 1}] {arch} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        extra = [a for k in ("zoom", "lr", "eval_view", "input_filter") if getattr(args, k) is not None
+        extra = [a for k in ("zoom", "lr", "eval_view", "input_filter", "families") if getattr(args, k) is not None
                  for a in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
         p = subprocess.run([sys.executable, __file__, "--one", arch, "--steps", str(args.steps), "--batch",
                             str(args.batch), "--seed", str(args.seed), *extra], capture_output=True, text=True)
@@ -287,6 +328,8 @@ def main() -> None:
         return
     if rows:
         print(_zoo_table(rows))
+        if families:
+            print("\n" + _family_table(rows, families))
         learn = sum(1 for r in rows if r.get("z", 0) >= 5)
         print(f"\n{learn}/{len(rows)} archs learn (val AUC > 0.5 by >= 5 bootstrap SE) in {args.steps} steps "
               f"of {args.batch}.")

@@ -1,6 +1,6 @@
 """dfsearch: deepfake-detector search, ensembling and prediction.
 
-Subcommands ``inspect``, ``synth``, ``models``, ``train``, ``search``, ``ensemble``, ``predict``: each parses its
+Subcommands ``inspect``, ``synth``, ``models``, ``train``, ``search``, ``ensemble``, ``predict``, ``evaluate``: each parses its
 flags here (or in its own ``*_cli`` module) and hands plain values to one module."""
 
 from __future__ import annotations

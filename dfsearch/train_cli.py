@@ -96,9 +96,9 @@ def run(args) -> int:
     if cfg.pretrained is not False:  # missing weights fail now, not in a worker after Ray started
         models.create(cfg.arch, pretrained=cfg.pretrained, num_classes=cfg.num_classes, img_size=cfg.img_size)
     from dfsearch.data.discover import discover
-    from dfsearch.data.synth import default_dataset
+    from dfsearch.data.synth import FAMILIES, default_dataset
 
-    index = discover(args.data or default_dataset(progress=not args.json))
+    index = discover(args.data or default_dataset(families=FAMILIES, progress=not args.json))
     for note in index.notes:
         print(f"dfsearch: {note}", file=sys.stderr)
     out = Path(args.out).resolve()

@@ -86,11 +86,12 @@ def run(args, report_to=None) -> int:
 
 
 def _discover(data: str | None):
-    """(the data folder, its DatasetIndex); no ``--data``: the embedded benchmark (generated once)."""
+    """(the data folder, its DatasetIndex); no ``--data``: the embedded benchmark with every
+    generator family (generated once)."""
     from dfsearch.data.discover import discover
-    from dfsearch.data.synth import default_dataset
+    from dfsearch.data.synth import FAMILIES, default_dataset
 
-    data = data or str(default_dataset(progress=True))
+    data = data or str(default_dataset(families=FAMILIES, progress=True))
     index = discover(data)
     for note in index.notes:
         print(f"dfsearch: {note}", file=sys.stderr)
