@@ -60,6 +60,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-chance-level", action="store_true",
                    help="let candidates at chance on val (AUC not 2 SE above 0.5, or near-constant output) "
                         "into the pool; by default they are left out and listed")
+    p.add_argument("--raw-candidates", action="store_true",
+                   help="select on the candidates' raw probabilities; by default each is Platt-scaled on val first "
+                        "(predict applies the same maps), so no member is chosen only to shift the threshold")
     p.add_argument("--bootstrap", type=int, default=1000,
                    help="bootstrap resamples of the test intervals in the side-by-side table (0: none)")
     p.add_argument("--no-cost", action="store_true",
@@ -212,6 +215,7 @@ def run(args) -> int:
         result = run_ensemble(store_dir, top_k=args.top_k, rounds=args.rounds, metric=args.metric,
                               nbest=args.nbest, chance_z=None if args.keep_chance_level else DEFAULT_Z,
                               target_fpr=args.target_fpr, n_boot=args.bootstrap, cost=not args.no_cost,
+                              calibrate_candidates=not args.raw_candidates,
                               out_dir=scratch)
         check_members(result["members"], store_dir)
         out.mkdir(parents=True, exist_ok=True)

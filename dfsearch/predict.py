@@ -7,7 +7,8 @@ PATHs are image files or folders (searched recursively for .jpg/.jpeg/.png in an
 Each member's checkpoint is loaded weights-only (``dfsearch.checkpoint.load_model``) with the
 preprocessing saved in its config (input size, mean, std; the evaluation transform of training).
 Every image is decoded once; each member sees it through its own transform. The ensemble's
-P(fake) is the weighted average of the members' ``prob_fake`` with the weights of ensemble.json
+P(fake) is the weighted average of the members' ``prob_fake``, each through its own Platt map
+(``members[i].calibration``, fitted on val before selection), with the weights of ensemble.json
 (normalised to sum to 1), calibrated with the Platt map the ensemble command fitted on val
 (``dfsearch.ensemble.calibration``); the label is ``fake`` when that is >= the threshold it chose on
 val, else ``real``. An ensemble.json from before calibration still loads: raw average, threshold 0.5,
@@ -44,6 +45,8 @@ class Member:
     mean: tuple
     std: tuple
     model: object = field(repr=False)  # torch.nn.Module in eval mode
+    slope: float = 1.0      # the member's own Platt map, fitted on val before selection (identity:
+    intercept: float = 0.0  # an ensemble.json from before candidates were calibrated)
 
     @property
     def preprocessing(self) -> tuple:
@@ -54,7 +57,8 @@ class Member:
         return {"candidate": self.candidate, "weight": self.weight, "checkpoint": self.checkpoint,
                 "arch": self.arch, "img_size": self.view.img_size, "input_policy": self.view.policy,
                 "eval_view": self.view.eval_view, "zoom": self.view.zoom,
-                "input_filter": getattr(self.model, "input_filter", "none"), "mean": list(self.mean), "std": list(self.std)}
+                "input_filter": getattr(self.model, "input_filter", "none"), "mean": list(self.mean), "std": list(self.std),
+                "calibration": {"slope": self.slope, "intercept": self.intercept}}
 
 
 def _read_ensemble(path: Path) -> dict:
@@ -115,6 +119,21 @@ def _calibration(doc: dict, path: Path) -> Calibration:
     return Calibration(a, b, thr, True)
 
 
+def _member_map(m: dict, path: Path) -> tuple[float, float]:
+    """A member's own Platt map (``calibration: {slope, intercept}``; absent: identity)."""
+    cal = m.get("calibration")
+    if cal is None:
+        return 1.0, 0.0
+    try:
+        a, b = float(cal["slope"]), float(cal["intercept"])
+    except (TypeError, KeyError, ValueError):
+        a = b = float("nan")
+    if not (np.isfinite(a) and np.isfinite(b)):
+        raise DfsearchError(f"--ensemble {path}: member {m['candidate']!r}: field calibration needs numbers slope "
+                            f"and intercept; got {cal!r} (re-run the ensemble command to rewrite it)")
+    return a, b
+
+
 def load_ensemble(ensemble_json_path, device: str = "cpu") -> tuple[list[Member], Calibration]:
     """The ensemble's members with their models (eval mode, on ``device``) and preprocessing, and
     its calibration, from one read of ensemble.json.
@@ -152,9 +171,10 @@ def _members(doc: dict, path: Path, device: str) -> list[Member]:
         # a checkpoint from before input policies was trained on resized images
         view = View(train.get("input_policy", "resize"), size, train.get("eval_view", "center"),
                     int(train.get("eval_tiles", 2)), int(train.get("zoom", 1)))
+        slope, intercept = _member_map(m, path)
         members.append(Member(candidate=name, weight=float(m["weight"]) / total, checkpoint=str(ckpt),
                               arch=str(train.get("arch", "")), view=view, mean=tuple(data["mean"]),
-                              std=tuple(data["std"]), model=model))
+                              std=tuple(data["std"]), model=model, slope=slope, intercept=intercept))
     return members
 
 
@@ -208,7 +228,8 @@ def predict_images(members: list[Member], files: list[Path], batch_size: int = 6
             p = np.zeros(len(images), dtype=np.float64)
             with torch.no_grad():
                 for m in members:
-                    p += m.weight * predict_probs(m.model, x[m.preprocessing]).cpu().numpy().astype(np.float64)
+                    pm = predict_probs(m.model, x[m.preprocessing]).cpu().numpy().astype(np.float64)
+                    p += m.weight * (calibrate(pm, m.slope, m.intercept) if (m.slope, m.intercept) != (1.0, 0.0) else pm)
             if calibration.calibrated:
                 p = calibrate(p, calibration.slope, calibration.intercept)
             for f, pf in zip(good, p):

@@ -103,7 +103,7 @@ def test_outputs_written(tmp_path):
     assert on_disk["source"] == str(store)
     assert set(on_disk["ensemble"]) == {"val", "test"}
     assert {"accuracy", "roc_auc", "log_loss", "confusion_matrix"} <= set(on_disk["ensemble"]["test"])
-    assert set(on_disk["members"][0]) == {"candidate", "arch", "checkpoint", "weight"}
+    assert set(on_disk["members"][0]) == {"candidate", "arch", "checkpoint", "weight", "calibration"}
     assert len(on_disk["trajectory"]) == 10
     for png in ("roc.png", "confusion.png", "trajectory.png"):
         data = (out / png).read_bytes()
@@ -259,10 +259,16 @@ SHIFTED = {  # perfectly ranked but every probability below 0.5: accuracy 0.5 at
 
 def test_a_member_that_only_shifts_the_threshold_is_left_out(tmp_path):
     store = _store_of(tmp_path / "store", SHIFTED)
-    # the case is real: let in, the constant is chosen and "wins" 0.5 points of accuracy
-    loose = run_ensemble(store, top_k=3, rounds=10, chance_z=None, out_dir=tmp_path / "loose")
+    # the case is real: let in, on raw probabilities the constant is chosen and "wins" 0.5 points of accuracy
+    loose = run_ensemble(store, top_k=3, rounds=10, chance_z=None, calibrate_candidates=False,
+                         out_dir=tmp_path / "loose")
     assert "constant" in {m["candidate"] for m in loose["members"]}
     assert loose["ensemble"]["test"]["accuracy"] >= loose["best_single"]["test"]["accuracy"] + 0.4
+    # candidates calibrated first (the default), the good one's own map undoes its shift: even let in,
+    # the constant buys nothing and is not chosen
+    calibrated = run_ensemble(store, top_k=3, rounds=10, chance_z=None, out_dir=tmp_path / "cal")
+    assert [m["candidate"] for m in calibrated["members"]] == ["good"]
+    assert calibrated["ensemble"]["test"]["accuracy"] == 1.0
 
     res = run_ensemble(store, top_k=3, rounds=10, out_dir=tmp_path / "out")
     assert [m["candidate"] for m in res["members"]] == ["good"]
@@ -348,7 +354,7 @@ def test_threshold_is_chosen_on_val_for_accuracy_or_a_target_false_positive_rate
 
 def test_the_ensemble_is_calibrated_on_val_and_reports_it(tmp_path):
     store = _store_of(tmp_path / "store", {"good": SHIFTED["good"]})
-    res = run_ensemble(store, top_k=1, rounds=2, out_dir=tmp_path / "out")
+    res = run_ensemble(store, top_k=1, rounds=2, calibrate_candidates=False, out_dir=tmp_path / "out")
     cal = res["calibration"]
     assert cal["method"] == "platt" and cal["slope"] > 0 and cal["target_fpr"] is None
     assert res["ensemble"]["test"]["accuracy"] == 0.5  # at 0.5 the shifted detector calls everything real
@@ -359,6 +365,11 @@ def test_the_ensemble_is_calibrated_on_val_and_reports_it(tmp_path):
     assert on_disk["threshold"] == pytest.approx(cal["threshold"])
     res = run_ensemble(store, top_k=1, rounds=2, target_fpr=0.01, out_dir=tmp_path / "out2")
     assert res["calibration"]["target_fpr"] == 0.01 and res["calibration"]["val"]["confusion_matrix"][0][1] <= 1
+    # with the candidate calibrated first (the default) its own map undoes the shift; the blend's is ~identity
+    member = res["members"][0]["calibration"]
+    assert res["ensemble"]["test"]["accuracy"] == 1.0 and member["intercept"] != 0.0
+    assert res["candidate_calibration"]["val_ece_median_after"] < res["candidate_calibration"]["val_ece_median_before"]
+    assert "candidates Platt-scaled on val before selection" in format_summary(res)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -139,7 +139,8 @@ def test_predict_reproduces_the_weighted_stored_predictions(ensembled, run_dir, 
     paths = [easy_data / s for s in ids]
     # 1. the ensemble the command selected
     members, cal = ensembled["result"]["members"], ensembled["result"]["calibration"]
-    raw = sum(m["weight"] * frame.loc[ids, m["candidate"]].to_numpy(np.float64) for m in members)
+    raw = sum(m["weight"] * calibrate(frame.loc[ids, m["candidate"]].to_numpy(np.float64), **m["calibration"])
+              for m in members)  # each member through its own Platt map (fitted on val), then averaged
     want = calibrate(raw, cal["slope"], cal["intercept"])  # the Platt map and threshold fitted on val
     assert abs(cal["slope"] - 1) + abs(cal["intercept"]) > 1e-3  # so that calibrating is seen to be applied
     preds, errors = predict_paths(ensembled["out_dir"] / "ensemble.json", paths, batch_size=5)

@@ -185,3 +185,25 @@ def test_all_resamples_at_once_score_what_each_resample_scores_alone():
         slow = headline(y[i], p[i], 0.5)
         for k, v in fast.items():
             assert (np.isnan(v[r]) and np.isnan(slow[k])) or v[r] == pytest.approx(slow[k], abs=1e-12), (r, k)
+
+
+def test_predict_applies_each_members_own_map_before_averaging(tmp_path, checkpoint):
+    """ensemble.json's members[i].calibration (fitted on val before selection) is applied to that
+    member's P(fake) before the weighted average; a malformed one names the member and the field."""
+    from dfsearch.ensemble.calibration import calibrate
+    from dfsearch.predict import predict_paths
+
+    _images(tmp_path / "imgs", 4, seed=7)
+    plain, mapped = tmp_path / "plain.json", tmp_path / "mapped.json"
+    member = {"candidate": "t0", "weight": 1.0, "checkpoint": str(checkpoint)}
+    plain.write_text(json.dumps({"members": [member]}))
+    mapped.write_text(json.dumps({"members": [
+        {**member, "weight": 3.0, "calibration": {"slope": 2.0, "intercept": -1.0}},
+        {**member, "candidate": "t1", "weight": 1.0}]}))
+    raw = np.array([p["prob_fake"] for p in predict_paths(plain, [tmp_path / "imgs"])[0]])
+    got = np.array([p["prob_fake"] for p in predict_paths(mapped, [tmp_path / "imgs"])[0]])
+    np.testing.assert_allclose(got, 0.75 * calibrate(raw, 2.0, -1.0) + 0.25 * raw, atol=1e-6)
+    assert np.abs(got - raw).max() > 1e-3
+    mapped.write_text(json.dumps({"members": [{**member, "calibration": {"slope": "steep"}}]}))
+    with pytest.raises(DfsearchError, match="member 't0': field calibration needs numbers slope and intercept"):
+        predict_paths(mapped, [tmp_path / "imgs"])

@@ -411,7 +411,8 @@ def test_search_to_s3_leaves_everything_there_for_ensemble_and_predict_elsewhere
     preds = store.read_predictions(remote.staging_dir(target.uri))
     test = preds[preds.split == "test"].pivot(index="sample_id", columns="candidate", values="prob_fake")
     ids = list(test.index[:4])
-    want = calibrate(sum(m["weight"] * test.loc[ids, m["candidate"]].to_numpy(np.float64) for m in result["members"]),
+    want = calibrate(sum(m["weight"] * calibrate(test.loc[ids, m["candidate"]].to_numpy(np.float64), **m["calibration"])
+                         for m in result["members"]),
                      result["calibration"]["slope"], result["calibration"]["intercept"])
 
     shutil.rmtree(tmp_path / "cache")  # and another
@@ -441,7 +442,8 @@ def test_search_run_dir_feeds_the_ensemble_and_predict(seq, easy_data, capsys):
     preds = store.read_predictions(seq["run"])
     test = preds[preds.split == "test"].pivot(index="sample_id", columns="candidate", values="prob_fake")
     ids = list(test.index[:6])
-    want = calibrate(sum(m["weight"] * test.loc[ids, m["candidate"]].to_numpy(np.float64) for m in members),
+    want = calibrate(sum(m["weight"] * calibrate(test.loc[ids, m["candidate"]].to_numpy(np.float64), **m["calibration"])
+                         for m in members),
                      result["calibration"]["slope"], result["calibration"]["intercept"])
     got, errors = predict_paths(ensemble_json, [easy_data / s for s in ids])
     assert errors == []

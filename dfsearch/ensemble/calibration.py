@@ -18,6 +18,10 @@
     reported on test is not (Wang et al. 2020: AP 98.5 but accuracy 73.4 % at 0.5 for one
     detector: the threshold, not the ranking, was off).
 
+``fit_candidates(P_val, y_val)`` / ``apply_candidates(P, maps)``
+    The same scaling for every candidate before selection (each its own map, fitted on val);
+    ``dfsearch predict`` applies each member's map before the weighted average.
+
 ECE, what calibration is judged by, is ``dfsearch.metrics.ece``.
 """
 
@@ -88,3 +92,19 @@ def choose_threshold(labels, probs, target_fpr: float | None = None) -> float:
         return 0.5
     lo, hi = min(intervals, key=lambda iv: min(abs(iv[0] - 0.5), abs(iv[1] - 0.5)))
     return float((lo + hi) / 2)
+
+
+def fit_candidates(P_val: np.ndarray, y_val) -> list[tuple[float, float]]:
+    """One Platt map per candidate row of ``P_val`` (candidates x val samples), fitted on val.
+
+    Selection then averages calibrated candidates: a candidate whose probabilities all sit on one
+    side of 0.5 no longer wins a place by moving the blend's threshold (its own map undoes the
+    shift), so what greedy selection can still gain from a member is what it adds to the ranking."""
+    return [fit_platt(y_val, row) for row in P_val]
+
+
+def apply_candidates(P: np.ndarray, maps: list[tuple[float, float]]) -> np.ndarray:
+    """Each row of ``P`` through its candidate's map (float32, as the store keeps probabilities)."""
+    out = np.stack([calibrate(row, a, b) for row, (a, b) in zip(P, maps)]).astype(np.float32)
+    out[~np.isfinite(P)] = np.nan  # a non-finite prediction stays one: selection reports and excludes it
+    return out

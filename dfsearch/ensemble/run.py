@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from dfsearch.ensemble import check_target_fpr
-from dfsearch.ensemble.alignment import align
+from dfsearch.ensemble.alignment import Pool, align
+from dfsearch.ensemble.calibration import apply_candidates, fit_candidates
 from dfsearch.ensemble.evaluation import calibrate_blend, compare, evaluate
 from dfsearch.ensemble.plots import write_plots
 from dfsearch.ensemble.screening import DEFAULT_Z, screen
@@ -41,13 +42,15 @@ def _jsonable(x):
 
 def run_ensemble(predictions_dir, *, top_k: int = 4, rounds: int = 50, metric: str = "accuracy",
                  nbest: int | None = None, chance_z: float | None = DEFAULT_Z, target_fpr: float | None = None,
-                 n_boot: int = 1000, cost: bool = True, out_dir) -> dict:
+                 n_boot: int = 1000, cost: bool = True, calibrate_candidates: bool = True, out_dir) -> dict:
     """Select an ensemble from the store in ``predictions_dir`` and report it.
 
     ``nbest`` limits the pool to the N best candidates by individual val score first (like
     auto-sklearn's ``ensemble_nbest``). ``chance_z``: a candidate enters the pool only if its val AUC
     is more than ``chance_z`` null standard errors above 0.5 and its val probabilities are not
-    near-constant (``screening``); None keeps every candidate. The blend's Platt scaling and decision
+    near-constant (``screening``); None keeps every candidate. ``calibrate_candidates``: each
+    candidate is Platt-scaled on val before selection (its map stored with it in ``members``, and
+    applied by ``dfsearch predict``), so no member is chosen only to shift the threshold. The blend's Platt scaling and decision
     threshold are fitted on val (``calibration``: max accuracy, or the lowest threshold whose val
     false-positive rate is at most ``target_fpr``) and stored for ``dfsearch predict``. ``comparison``
     puts the ensemble, the best single and the naive top-k average side by side on test, each
@@ -73,6 +76,15 @@ def run_ensemble(predictions_dir, *, top_k: int = 4, rounds: int = 50, metric: s
         pool = pool.subset(keep)
     if nbest is not None and nbest < len(pool.candidates):
         pool = pool.subset(rank_candidates(pool.P["val"], pool.y["val"], metric)[:nbest])
+    maps = None
+    if calibrate_candidates:
+        from dfsearch.metrics import ece
+
+        maps = fit_candidates(pool.P["val"], pool.y["val"])
+        ece_raw = [ece(pool.y["val"], row) for row in pool.P["val"]]
+        pool = Pool(pool.candidates, {s: apply_candidates(P, maps) for s, P in pool.P.items()}, pool.y,
+                    pool.sample_ids)
+        ece_cal = [ece(pool.y["val"], row) for row in pool.P["val"]]
     selection = select(pool.P["val"], pool.y["val"], top_k=top_k, rounds=rounds, metric=metric)
     ev = evaluate(pool, selection, top_k)
     calibration = calibrate_blend(pool, selection.weights, target_fpr)
@@ -87,7 +99,8 @@ def run_ensemble(predictions_dir, *, top_k: int = 4, rounds: int = 50, metric: s
         {"candidate": pool.candidates[i],
          "arch": info.get(pool.candidates[i], {}).get("arch"),
          "checkpoint": info.get(pool.candidates[i], {}).get("checkpoint"),
-         "weight": w}
+         "weight": w,
+         **({"calibration": {"slope": maps[i][0], "intercept": maps[i][1]}} if maps else {})}
         for i, w in sorted(selection.weights.items(), key=lambda kv: (-kv[1], kv[0]))
     ]
     result = {
@@ -107,6 +120,8 @@ def run_ensemble(predictions_dir, *, top_k: int = 4, rounds: int = 50, metric: s
         "best_single": {k: v for k, v in ev["best_single"].items() if k != "index"},
         "naive_top_k": {k: v for k, v in ev["naive_top_k"].items() if k != "indices"},
         "calibration": calibration,
+        "candidate_calibration": ({"method": "platt", "val_ece_median_before": float(np.median(ece_raw)),
+                                   "val_ece_median_after": float(np.median(ece_cal))} if maps else None),
         "comparison": comparison,
         "source": str(predictions_dir),
     }
@@ -216,6 +231,10 @@ def format_summary(result: dict) -> str:
     for name, m in rows:
         name = name if len(name) <= 27 else name[:24] + "..."
         lines.append(f"{name:<28}{fmt(m['accuracy']):>10}{fmt(m['roc_auc']):>10}{fmt(m['log_loss']):>10}")
+    cc = result.get("candidate_calibration")
+    if cc:
+        lines.append(f"candidates Platt-scaled on val before selection (each its own map; predict applies them): "
+                     f"median val ECE {cc['val_ece_median_before']:.3f} -> {cc['val_ece_median_after']:.3f}")
     if cal:
         how = f"val FPR <= {cal['target_fpr']}" if cal.get("target_fpr") is not None else "best val accuracy"
         lines.append(f"calibrated on val: Platt slope {cal['slope']:.2f} intercept {cal['intercept']:+.2f}, "
