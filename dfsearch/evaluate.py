@@ -2,6 +2,7 @@
 
     dfsearch evaluate (--ensemble E | --checkpoint C) --data DIR [--data DIR2 ...] [--json]
                       [--bootstrap N] [--batch-size N] [--device cpu|cuda]
+    dfsearch evaluate --run RUN [--data DIR2 ...]      # the run's ensemble on the run's data, and on DIR2
 
 Every folder under DIR that holds a class folder pair, ``real`` / ``fake`` (any case) or
 CNNDetection's ``0_real`` / ``1_fake``, is one evaluation set, named by its path under DIR::
@@ -19,7 +20,9 @@ Each set gets ACC, balanced ACC, precision / recall / F1, ROC-AUC, AP, EER, log 
 confusion matrix (``dfsearch.metrics.binary_metrics``) at the ensemble's calibrated threshold (a
 checkpoint: 0.5), and a 95 % percentile bootstrap interval (Efron & Tibshirani 1993) on each
 headline number, resampling the images of the set. Several ``--data`` give the cross-dataset
-table: the same models, selected on the run's data, scored on each dataset.
+table: the same models, selected on the run's data, scored on each dataset; ``--run RUN`` takes the
+run's ensemble (``RUN/ensemble/ensemble.json``) and puts the dataset the search selected on
+(``search.json``) first.
 
 Bad input is said before any model runs: a folder with no class folders, a set whose images are
 smaller than a member's crop. A set with one class only gets the metrics that need one class
@@ -214,8 +217,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--ensemble", help="ensemble.json (a path or a URI) written by the ensemble command")
     which.add_argument("--checkpoint", help="one checkpoint folder (runs/<search>/train/<trial>/checkpoint_*)")
-    p.add_argument("--data", action="append", required=True, metavar="DIR",
-                   help="a folder of labelled images; repeat for a cross-dataset table")
+    which.add_argument("--run", help="a search's run folder: its ensemble, on the data it was selected on first")
+    p.add_argument("--data", action="append", default=[], metavar="DIR",
+                   help="a folder of labelled images; repeat for a cross-dataset table (required unless --run)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals (0: none)")
     p.add_argument("--seed", type=int, default=0, help="of the bootstrap")
     p.add_argument("--batch-size", type=int, default=64)
@@ -246,6 +250,22 @@ def table(rows: list[dict]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
+def _run_ensemble_and_data(run: str) -> tuple[str, str]:
+    """(ensemble.json, the dataset it was selected on) of a search's run folder."""
+    from dfsearch.search.spec import SPEC_FILE, SearchSpec
+
+    folder = Path(run)
+    if not (folder / SPEC_FILE).is_file():
+        raise DfsearchError(f"--run {run}: no {SPEC_FILE} there; expected a search's run folder (runs/<name>)")
+    ensemble = folder / "ensemble" / "ensemble.json"
+    if not ensemble.is_file():
+        raise DfsearchError(f"--run {run}: no ensemble/ensemble.json yet; run `ensemble.py --run {run}` first")
+    data = SearchSpec.load(folder).data
+    if not data:
+        raise DfsearchError(f"--run {run}: its {SPEC_FILE} names no dataset; pass --ensemble and --data instead")
+    return str(ensemble), data
+
+
 def run(args) -> int:
     from dfsearch.predict import _device
 
@@ -253,6 +273,11 @@ def run(args) -> int:
         raise DfsearchError(f"--batch-size {args.batch_size}: must be >= 1")
     if args.bootstrap < 0:
         raise DfsearchError(f"--bootstrap {args.bootstrap}: must be >= 0 (0: no intervals)")
+    if args.run:
+        args.ensemble, selected_on = _run_ensemble_and_data(args.run)
+        args.data = [selected_on] + [d for d in args.data if Path(d).resolve() != Path(selected_on).resolve()]
+    if not args.data:
+        raise DfsearchError("--data DIR is required (or --run RUN, which brings its own dataset)")
     found = [find_sets(d) for d in args.data]  # every folder checked before any model is loaded
     sets = [s for ss, _ in found for s in ss]
     device = _device(args.device)

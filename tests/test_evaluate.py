@@ -207,3 +207,29 @@ def test_predict_applies_each_members_own_map_before_averaging(tmp_path, checkpo
     mapped.write_text(json.dumps({"members": [{**member, "calibration": {"slope": "steep"}}]}))
     with pytest.raises(DfsearchError, match="member 't0': field calibration needs numbers slope and intercept"):
         predict_paths(mapped, [tmp_path / "imgs"])
+
+
+def test_a_run_is_scored_on_its_own_data_first_then_on_another_dataset(tmp_path, checkpoint, capsys):
+    """``--run RUN --data B``: the cross-dataset table, the run's ensemble on the dataset it was
+    selected on (search.json) and on B, a row per set of each."""
+    from dfsearch.search.spec import SearchSpec
+
+    a, b = tmp_path / "A", tmp_path / "B"
+    for root, seed in ((a, 0), (b, 5)):
+        for split in ("train", "valid", "test"):
+            _images(root / split / "real", 3, seed=seed)
+            _images(root / split / "fake", 3, seed=seed + 1, bright=True)
+    run = tmp_path / "runs" / "s1"
+    (run / "ensemble").mkdir(parents=True)
+    SearchSpec(space="demo", data=str(a), name="s1").save(run)
+    (run / "ensemble" / "ensemble.json").write_text(json.dumps({"members": [
+        {"candidate": "t0", "weight": 1.0, "checkpoint": str(checkpoint)}]}))
+    assert main(["evaluate", "--run", str(run), "--data", str(b), "--json", "--bootstrap", "0"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(Path(r["data"]).name, r["set"]) for r in rows] == [("A", "test"), ("A", "valid"), ("B", "test"),
+                                                                ("B", "valid")]
+    (run / "ensemble" / "ensemble.json").unlink()
+    assert main(["evaluate", "--run", str(run)]) == 2
+    assert "no ensemble/ensemble.json yet; run `ensemble.py --run" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(checkpoint)]) == 2
+    assert "--data DIR is required" in capsys.readouterr().err
