@@ -140,8 +140,9 @@ def run_ensemble(predictions_dir, *, top_k: int = 4, rounds: int = 50, metric: s
 
 
 def _costs(run_dir, info: dict, names: dict[str, list[str]]) -> dict:
-    """``{entry: combined cost}`` for the entries whose every member has a checkpoint here
-    (a store of predictions from elsewhere has none: those entries are left out)."""
+    """``{entry: combined cost}`` for the entries whose every member has a readable checkpoint
+    here (a store of predictions from elsewhere has none; a damaged checkpoint is the ensemble
+    command's error to give, naming it: those entries are left out)."""
     from dfsearch.ensemble.cost import checkpoint_cost, combined
 
     per, out = {}, {}
@@ -152,8 +153,12 @@ def _costs(run_dir, info: dict, names: dict[str, list[str]]) -> dict:
             continue
         for c, p in zip(cands, paths):
             if c not in per:
-                per[c] = checkpoint_cost(p)
-        out[entry] = combined([per[c] for c in cands])
+                try:
+                    per[c] = checkpoint_cost(p)
+                except Exception:  # noqa: BLE001 - unreadable weights: no cost, the member check names it
+                    per[c] = None
+        if all(per[c] is not None for c in cands):
+            out[entry] = combined([per[c] for c in cands])
     return out
 
 
