@@ -15,8 +15,15 @@ The pipeline, one module each:
     Val and test metrics of the ensemble, the best single candidate and the naive top-k average;
     ``evaluation.calibrate_blend`` fits the blend's Platt map and threshold on val
     (``calibration``) and reports the calibrated ensemble.
+``calibration``
+    Platt maps: each candidate's before selection, the blend's after, and the blend's threshold.
+``evaluation.compare(...)``
+    The test split side by side, each entry calibrated at its own val threshold, with bootstrap
+    intervals, the gain's paired interval and a row per fake source; ``cost`` what each costs at
+    predict time.
 ``run.run_ensemble(predictions_dir, ..., out_dir) -> dict``
-    All of the above on a store folder; writes ``ensemble.json`` and the ``plots`` (three PNGs).
+    All of the above on a store folder; writes ``ensemble.json`` and the ``plots`` (three PNGs);
+    ``summary.format_summary(result)`` is what the command prints.
 
 Importing this package is cheap: it defines ``METRICS`` and loads the submodule behind any other
 public name on first use (PEP 562), so ``dfsearch.ensemble_cli`` can build its parser and reject
@@ -46,7 +53,7 @@ _LAZY = {
     "Selection": "selection", "select": "selection", "rank_candidates": "selection",
     "blend": "evaluation", "evaluate": "evaluation",
     "write_plots": "plots",
-    "run_ensemble": "run", "format_summary": "run",
+    "run_ensemble": "run", "format_summary": "summary",
 }
 
 __all__ = ["METRICS", "check_target_fpr", *_LAZY]

@@ -108,3 +108,17 @@ def apply_candidates(P: np.ndarray, maps: list[tuple[float, float]]) -> np.ndarr
     out = np.stack([calibrate(row, a, b) for row, (a, b) in zip(P, maps)]).astype(np.float32)
     out[~np.isfinite(P)] = np.nan  # a non-finite prediction stays one: selection reports and excludes it
     return out
+
+
+def calibrate_pool(pool):
+    """``(pool with every candidate through its own val-fitted map, maps, summary)``; the summary
+    gives the candidates' median val ECE before and after (``dfsearch.metrics.ece``)."""
+    from dfsearch.ensemble.alignment import Pool
+    from dfsearch.metrics import ece
+
+    maps = fit_candidates(pool.P["val"], pool.y["val"])
+    calibrated = Pool(pool.candidates, {s: apply_candidates(P, maps) for s, P in pool.P.items()}, pool.y,
+                      pool.sample_ids)
+    before = float(np.median([ece(pool.y["val"], row) for row in pool.P["val"]]))
+    after = float(np.median([ece(pool.y["val"], row) for row in calibrated.P["val"]]))
+    return calibrated, maps, {"method": "platt", "val_ece_median_before": before, "val_ece_median_after": after}
