@@ -271,6 +271,9 @@ def test_families_are_deterministic_balanced_and_written_per_family(tmp_path):
     assert meta["fakes_per_family"]["train"] == {"upsample": 2, "blend": 2, "spectral": 2}
     for fam in ("upsample", "blend", "spectral"):
         assert len(list((a / "train" / "fake" / fam).glob("*.jpg"))) == 2
+    from dfsearch.data.inspect import inspect_dataset
+
+    assert inspect_dataset(a, progress=False)["fake_sources"]["train"] == {"blend": 2, "spectral": 2, "upsample": 2}
     index = discover(a)  # the loader takes fake/<family>/ as fake
     assert sum(label for _, label in index.splits["train"]) == 6
     assert {sid.split("/")[2] for sid, label in index.splits["train"] if label} == {"upsample", "blend", "spectral"}

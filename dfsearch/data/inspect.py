@@ -21,11 +21,18 @@ def inspect_dataset(path, *, full: bool = True, progress: bool = True) -> dict:
     ``full=True`` decodes every image (catches truncated files); ``full=False`` reads headers only.
     Keys: root, given, layout, check, splits ({split: {"real": N, "fake": N}}), skipped
     ([{"path", "reason"}]), notes, image_sizes, imbalance ({split: {"fake_fraction", "ratio"}}),
-    total. Raises DfsearchError like ``discover``.
+    fake_sources ({split: {generator: N}}, for fakes in ``fake/<generator>/`` folders), total. Raises DfsearchError like ``discover``.
     """
+    from collections import Counter
+
+    from dfsearch.data.discover import fake_source
+
     check = "full" if full else "header"
     index, sizes = discover_with_sizes(path, check=check, progress=progress)
     counts = index.counts()
+    sources = {split: dict(sorted(Counter(fake_source(sid) for sid, label in items if label).items(),
+                                  key=lambda kv: kv[0] or ""))  # None: fakes directly in fake/
+               for split, items in index.splits.items()}
     return {
         "root": index.root,
         "given": index.given,
@@ -36,6 +43,8 @@ def inspect_dataset(path, *, full: bool = True, progress: bool = True) -> dict:
         "notes": index.notes,
         "image_sizes": _size_summary(sizes),
         "imbalance": {split: _imbalance(c) for split, c in counts.items()},
+        # fakes per generator, where the fakes sit in fake/<generator>/ (the benchmark's families)
+        "fake_sources": {split: c for split, c in sources.items() if set(c) != {None}},
         "total": sum(c["real"] + c["fake"] for c in counts.values()),
     }
 
@@ -81,6 +90,8 @@ def format_report(report: dict) -> str:
         ratio = "-" if imb["ratio"] is None else f"{imb['ratio']:.2f}"
         lines.append(f"{split:<8}{c['real']:>10}{c['fake']:>10}{c['real'] + c['fake']:>10}{frac:>9}{ratio:>8}")
     lines.append(f"{'total':<8}{'':>10}{'':>10}{report['total']:>10}")
+    for split, by in report.get("fake_sources", {}).items():
+        lines.append(f"  {split} fakes by generator: " + ", ".join(f"{k or '(fake/ itself)'} {n}" for k, n in by.items()))
 
     s = report["image_sizes"]
     lines.append("")
