@@ -58,7 +58,7 @@ def test_family_files_reuse_the_full_space(shipped):
         assert all(fam.archs[a] == full.archs[a] for a in archs)
         assert fam.profiles == full.profiles and fam.metric == full.metric
     assert set(shipped["demo"].archs) == {"small_cnn", "resnet18", "mobilenetv2_100", "vit_tiny_patch16_224"}
-    assert all(p["input_filter"] == ("choice", ["srm", "none"]) for p in full.archs.values())
+    assert all(p["input_filter"] == "srm" for p in full.archs.values())
     tune = shipped["finetune"]
     assert all(p["input_filter"] == ("choice", ["none", "srm"]) for p in tune.archs.values())
     assert all(p["pretrained"] is True and p["layer_decay"][0] == "uniform" for p in tune.archs.values())
