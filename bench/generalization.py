@@ -11,6 +11,8 @@ bootstrap SE). Beside it, the in-domain reference: the same arch trained on all 
 scored per family. Each case twice: flips only, and with Wang et al. 2020's blur + JPEG
 augmentation (CNNDetection: blur sigma ~ U[0, 3] and JPEG quality ~ U[30, 100], each with
 p = 0.5), which they found to help a detector trained on one GAN generalise to others.
+``--augs flip rotation5 --in-domain-only``: what a 5 degree rotation (it re-interpolates every
+pixel) does to each family.
 
 Training is ``bench/zoo.py``'s plain loop (the cpu profile's budget: ``--steps 120`` AdamW steps of
 64, the arch's ``all_models.yaml`` defaults: lr / weight decay at the middle of their ranges, its
@@ -34,7 +36,8 @@ for p in (str(ROOT), str(ROOT / "bench")):
         sys.path.insert(0, p)
 
 AUGS = {"flip": dict(hflip=0.5),
-        "blur+jpeg": dict(hflip=0.5, blur_p=0.5, blur_sigma=3.0, jpeg_p=0.5, jpeg_quality=(30, 100))}
+        "blur+jpeg": dict(hflip=0.5, blur_p=0.5, blur_sigma=3.0, jpeg_p=0.5, jpeg_quality=(30, 100)),
+        "rotation5": dict(hflip=0.5, rotation=5.0)}  # --augs: the first two by default
 
 
 def one_case(arch: str, train_families: tuple, aug: str, seed: int, steps: int, batch: int, root: str) -> dict:
@@ -103,6 +106,8 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--augs", nargs="*", default=["flip", "blur+jpeg"], choices=list(AUGS))
+    ap.add_argument("--in-domain-only", action="store_true", help="only train on all three families")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one case (JSON) in this process
     args = ap.parse_args()
@@ -118,8 +123,9 @@ def main() -> None:
         return
     import subprocess
 
+    held_out = (None,) if args.in_domain_only else (None, *FAMILIES)
     cases = [(arch, seed, aug, tuple(f for f in FAMILIES if f != held))
-             for arch in args.archs for seed in args.seeds for aug in AUGS for held in (None, *FAMILIES)]
+             for arch in args.archs for seed in args.seeds for aug in args.augs for held in held_out]
     rows = []
     for i, (arch, seed, aug, train) in enumerate(cases):
         t0 = time.perf_counter()
