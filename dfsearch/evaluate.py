@@ -145,7 +145,6 @@ def load_models(ensemble: str | None, checkpoint: str | None, device: str):
     """``(members, calibration, source)``: an ensemble.json's members and calibration, or one
     checkpoint folder as a one-member ensemble at threshold 0.5."""
     from dfsearch import predict
-
     from dfsearch.remote import is_uri
 
     if ensemble:
@@ -162,13 +161,12 @@ def load_models(ensemble: str | None, checkpoint: str | None, device: str):
     return predict._members(doc, folder, device), predict.Calibration(), str(folder)
 
 
-def check_sizes(members, s: EvalSet) -> list[dict]:
-    """Header-read every image of ``s`` (unreadable ones are returned, ``{path, reason}``, and
-    dropped from ``s``); DfsearchError when an image is smaller than a member's crop."""
-    from dfsearch.data.images import check_files
+def check_sizes(members, s: EvalSet, results: dict) -> list[dict]:
+    """The unreadable images of ``s`` (``{path, reason}``; dropped from ``s``) by ``results``
+    (``check_files`` of its images: header, sizes); DfsearchError when an image is smaller than a
+    member's crop."""
     from dfsearch.data.views import resolve
 
-    results = check_files(s.data, [p for p, _ in s.items], "header", progress=False, sizes=True)
     bad = [{"path": f"{s.data}/{p}", "reason": results[p][0]} for p, _ in s.items if results[p][0]]
     s.items = [(p, lab) for p, lab in s.items if results[p][0] is None]
     sizes = {results[p][1] for p, _ in s.items}
@@ -186,11 +184,16 @@ def evaluate(members, calibration, sets: list[EvalSet], *, batch_size: int = 64,
              n_boot: int = 1000, seed: int = 0, progress: bool = False) -> tuple[list[dict], list[dict]]:
     """``(rows, unreadable)``: one row per set (``{data, set, **score}``); each image is predicted
     once even when it is in a pooled set too."""
+    from dfsearch.data.images import check_files
     from dfsearch.predict import predict_images
 
+    paths: dict[str, set] = {}  # per data folder: pooled and per-generator sets share images, read each once
+    for s in sets:
+        paths.setdefault(s.data, set()).update(p for p, _ in s.items)
+    results = {root: check_files(root, sorted(ps), "header", progress=False, sizes=True) for root, ps in paths.items()}
     unreadable = []
     for s in sets:
-        unreadable += check_sizes(members, s)  # all sets, before any model runs
+        unreadable += check_sizes(members, s, results[s.data])  # all sets, before any model runs
     unique = sorted({f"{s.data}/{p}" for s in sets for p, _ in s.items})
     preds, bad = predict_images(members, [Path(p) for p in unique], batch_size=batch_size, device=device,
                                 progress=progress, calibration=calibration)
