@@ -78,6 +78,11 @@ def latest(trial_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def epoch_of(ckpt: Path) -> int:
+    """The epoch a checkpoint folder was written after (from its ``meta.json``)."""
+    return int(json.loads((Path(ckpt) / META_FILE).read_text())["metrics"].get("epoch", 0))
+
+
 def prune(trial_dir: Path, running: bool = False) -> tuple[Path, dict] | None:
     """Delete every checkpoint folder of a trial but its best (and, while it ``running``, its
     latest); returns what ``best`` found."""

@@ -1,6 +1,7 @@
 """dfsearch: deepfake-detector search, ensembling and prediction.
 
-Subcommands ``inspect``, ``synth``, ``models``, ``train``, ``search``, ``ensemble``, ``predict``, ``evaluate``: each parses its
+Subcommands ``inspect``, ``synth``, ``models``, ``train``, ``search``, ``ensemble``, ``predict``, ``evaluate``,
+``cluster-check``: each parses its
 flags here (or in its own ``*_cli`` module) and hands plain values to one module."""
 
 from __future__ import annotations
@@ -75,6 +76,15 @@ def _models(args) -> int:
     return 0
 
 
+def _add_cluster_check(sub):
+    p = sub.add_parser("cluster-check", help="check cluster configs offline before `ray up` / `kubectl apply`: "
+                                             "Ray's validation, the Ray version, the head, credentials")
+    p.add_argument("files", nargs="+", help="Ray cluster launcher YAML (cluster.yaml, deploy/onprem.yaml) or "
+                                            "KubeRay manifest (deploy/kuberay.yaml)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout: file -> findings")
+    p.set_defaults(func=lambda a: __import__("dfsearch.cluster_config", fromlist=["run"]).run(a))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dfsearch", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble_cli.add_parser(sub)
     predict.add_parser(sub)
     evaluate.add_parser(sub)
+    _add_cluster_check(sub)
     return parser
 
 

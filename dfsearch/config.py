@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -72,7 +72,12 @@ class TrainConfig(BaseModel):
     oversample: bool = False
     metric: Literal["val_acc", "val_auc", "val_loss"] = "val_acc"
     amp: bool = True          # only used on GPU
-    loader_workers: int = Field(0, ge=0, le=64)
+    # DataLoader processes per worker (decode + augment); "auto": on a GPU, the node's CPUs per GPU
+    # less the training process (at most 8); on CPU 0 (they would compete with the training threads)
+    loader_workers: Union[Annotated[int, Field(ge=0, le=64)], Literal["auto"]] = 0
+    # decode every image once per node into a local uint8 cache (data.decoded): auto = when it takes
+    # at most a quarter of the free local disk
+    decode_cache: Literal["auto", "on", "off"] = "auto"
 
     @model_validator(mode="after")
     def _check(self):

@@ -10,6 +10,9 @@ installed Ray and fails loudly when an upgrade changes one.
    the trials, saves its state, ``fit()`` returns) on SIGUSR1 once its own SIGINT handler is turned
    off with ``TUNE_DISABLE_SIGINT_HANDLER``; no public call does that from another thread or a
    signal handler.
+4. ``worker_lost(error)``: whether a failed Train run lost a worker process or its node (Ray
+   Train's own ``WorkerHealthCheck*Error`` wrappers, private) rather than a rank raising an
+   exception of the trial's own (``UserExceptionWithTraceback``, private too).
 """
 
 from __future__ import annotations
@@ -86,3 +89,29 @@ def interrupt_tune() -> None:
     """Ask the running ``Tuner.fit()`` in this process to stop as on Ctrl-C: running trials are
     stopped, the experiment state is saved, ``fit()`` returns its results so far."""
     os.kill(os.getpid(), TUNE_STOP_SIGNAL)
+
+
+def worker_lost(error: BaseException | None) -> bool:
+    """Whether a failed Ray Train run (``fit()``'s error) failed because a worker process or its
+    node went away (``kill -9``, OOM killer, a reclaimed spot node), not because the trial's own
+    code raised. Such a trial did nothing wrong and can resume from its latest checkpoint.
+
+    A ``WorkerGroupError`` maps each failed rank to its exception: the trial's own exceptions come
+    wrapped as ``UserExceptionWithTraceback``; a dead or unreachable worker as
+    ``WorkerHealthCheckFailedError`` (wrapping ``RayActorError``) or ``...TimeoutError``. One dead
+    rank is enough: the surviving ranks then fail in a collective ("Connection closed by peer"),
+    collateral damage that Train reports as their own exceptions (Ray's ``DefaultFailurePolicy``
+    reasons the same way about preemption). A run that dies with its controller (its node gone)
+    raises ``RayActorError`` itself."""
+    from ray.exceptions import NodeDiedError, RayActorError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError, WorkerHealthCheckTimeoutError
+    from ray.train.v2.api.exceptions import ControllerError, PreemptionError, WorkerGroupError
+
+    system = (RayActorError, NodeDiedError, WorkerHealthCheckFailedError, WorkerHealthCheckTimeoutError)
+    if isinstance(error, (PreemptionError, *system)):
+        return True
+    if isinstance(error, ControllerError):
+        return isinstance(error.controller_failure, (RayActorError, NodeDiedError))
+    if isinstance(error, WorkerGroupError):
+        return any(isinstance(f, system) for f in error.worker_failures.values())
+    return False

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -68,7 +68,8 @@ class Profile(BaseModel):
     img_size: int = Field(64, ge=16)
     workers_per_trial: int = Field(1, ge=1)
     steps_per_epoch: Optional[int] = Field(None, ge=1)  # cap on optimisation steps per epoch
-    loader_workers: int = Field(0, ge=0, le=64)  # DataLoader processes per Train worker (decode + augment)
+    # DataLoader processes per Train worker (decode + augment); "auto": TrainConfig.loader_workers
+    loader_workers: Union[Annotated[int, Field(ge=0, le=64)], Literal["auto"]] = 0
 
 
 class SpaceFile(BaseModel):

@@ -22,6 +22,15 @@ def _unfrozen(v: str):
         raise argparse.ArgumentTypeError(f"{v!r}: use a number of layer groups or 'all'") from None
 
 
+def _loader_workers(v: str):
+    if v == "auto":
+        return v
+    try:
+        return int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r}: a number of processes (0-64) or auto") from None
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one model as a Ray Train DDP job")
     p.add_argument("--arch", default="small_cnn", help="architecture (see `dfsearch train --list-archs`)")
@@ -49,7 +58,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="a fixed filter before the first layer: srm = high-pass residuals (dfsearch.models.filters)")
     p.add_argument("--num-classes", type=int, default=1, choices=[1, 2])
     p.add_argument("--oversample", action="store_true", help="oversample the minority class in train")
-    p.add_argument("--loader-workers", type=int, default=0, help="DataLoader processes per worker")
+    p.add_argument("--loader-workers", type=_loader_workers, default=0,
+                   help="DataLoader processes per worker, or auto (on a GPU: the node's CPUs per GPU less one, "
+                        "at most 8; on CPU 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-failures", type=int, default=0,
                    help="restart the worker group from the latest checkpoint this many times")

@@ -42,7 +42,7 @@ from dfsearch import checkpoint as ckpt_io
 from dfsearch import checkpoint_policy, models, store
 from dfsearch import metrics as M
 from dfsearch.config import TrainConfig
-from dfsearch.data import views
+from dfsearch.data import decoded, views
 from dfsearch.data.images import sample_sizes
 from dfsearch.data.loading import Augment, ImageList, build_transform, make_loader
 
@@ -81,6 +81,19 @@ def _all_reduce_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
+def loader_processes(setting, device: torch.device, cpus: int | None = None, gpus: int | None = None) -> int:
+    """DataLoader processes for one worker: ``setting`` (TrainConfig.loader_workers) when a number;
+    ``"auto"``: on a GPU the CPUs this process may use per GPU of the node, less one for the training
+    process itself, at most 8 (past that, more decode processes only add memory); on CPU 0."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return 0
+    cpus = cpus if cpus is not None else len(os.sched_getaffinity(0))
+    gpus = gpus if gpus is not None else max(1, torch.cuda.device_count())
+    return max(0, min(8, cpus // gpus - 1))
+
+
 def _autocast(device: torch.device, amp: bool):
     if device.type == "cuda" and amp:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -89,6 +102,8 @@ def _autocast(device: torch.device, amp: bool):
 
 
 # ----------------------------------------------------------------------------- the pieces
+
+TOKEN_FAMILIES = ("vit", "swin", "capsnet")  # not convnets: channels_last gains them nothing
 
 @dataclass
 class Split:
@@ -145,26 +160,44 @@ def make_optimizer(model, c: TrainConfig, steps_per_epoch: int):
     return optimizer, scheduler
 
 
-def _split(index, name: str, transform) -> Split:
-    ds = ImageList(index.root, index.splits[name], transform)
+def _split(index, name: str, transform, cached: bool) -> Split:
+    ds = ImageList(index.root, index.splits[name], transform, pixels=_pixels(index, name) if cached else None)
     return Split(ds, np.array([lab for _, lab in ds.items], dtype=np.int8))
+
+
+def _pixels(index, name: str):
+    """The split decoded once on this node (``data.decoded``: built by the first worker here)."""
+    return decoded.open_or_build(index.root, index.splits[name])
+
+
+def _use_decode_cache(c: TrainConfig, index, sizes) -> bool:
+    n = sum(len(index.splits.get(s, [])) for s in ("train", "valid", "test"))
+    return decoded.use_cache(c.decode_cache, decoded.decoded_bytes(sizes, n))
 
 
 def build(c: TrainConfig, index, candidate: str, rank: int, world: int, device: torch.device,
           max_train_batches: int | None = None) -> Trial:
     # the concrete input policy (auto -> crop or resize) from the training images' sizes, recorded
     # in the checkpoint's config: evaluation and predict use the same view
-    view = views.view_of(c, sample_sizes(index.root, [sid for sid, _ in index.splits["train"]]))
+    sizes = sample_sizes(index.root, [sid for sid, _ in index.splits["train"]])
+    view = views.view_of(c, sizes)
     c = c.model_copy(update=dict(input_policy=view.policy, img_size=view.img_size))
     random_seed(c.seed, 0)  # identical initial weights on every rank
     model = models.create(c.arch, pretrained=c.pretrained, num_classes=c.num_classes, img_size=c.img_size,
                           input_filter=c.input_filter)
     freeze_info = models.freeze_to_top(model, c.unfrozen)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input size per trial: cuDNN picks its fastest kernels once
+        if models.get_spec(c.arch).family not in TOKEN_FAMILIES:  # NHWC: tensor-core convolutions under AMP
+            model = model.to(memory_format=torch.channels_last)
     dc = models.data_config(c.arch, c.img_size)
     train_items = index.splits["train"]
+    cached = _use_decode_cache(c, index, sizes)  # decode once per node instead of every epoch
     train_ds = ImageList(index.root, train_items,
-                         build_transform(view, dc["mean"], dc["std"], Augment(**c.aug.model_dump())))
+                         build_transform(view, dc["mean"], dc["std"], Augment(**c.aug.model_dump())),
+                         pixels=_pixels(index, "train") if cached else None)
     eval_tf = build_transform(view, dc["mean"], dc["std"], None)
+    c = c.model_copy(update=dict(loader_workers=loader_processes(c.loader_workers, device)))
     loader = make_loader(train_ds, batch_size=c.batch_size, rank=rank, world=world, shuffle=True, seed=c.seed,
                          workers=c.loader_workers, pin_memory=device.type == "cuda", oversample=c.oversample)
     steps = min(len(loader), max_train_batches or len(loader))
@@ -174,8 +207,8 @@ def build(c: TrainConfig, index, candidate: str, rank: int, world: int, device: 
     scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
     return Trial(cfg=c, candidate=candidate, rank=rank, world=world, device=device, amp=amp, model=model,
                  freeze_info=freeze_info, data_config=dc, data_root=index.root, train_items=train_items,
-                 loader=loader, steps_per_epoch=steps, val=_split(index, "valid", eval_tf),
-                 test=_split(index, "test", eval_tf), optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+                 loader=loader, steps_per_epoch=steps, val=_split(index, "valid", eval_tf, cached),
+                 test=_split(index, "test", eval_tf, cached), optimizer=optimizer, scheduler=scheduler, scaler=scaler)
 
 
 def restore(t: Trial, folder: str) -> dict | None:
@@ -208,6 +241,8 @@ def train_one_epoch(t: Trial, epoch: int) -> dict:
             x, y = last
         last = (x, y)
         x, y = x.to(t.device, non_blocking=True), y.to(t.device, non_blocking=True)
+        if t.device.type == "cuda" and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(t.device, t.amp):
             logits = t.model(x)
         loss = models.loss_fn(logits, y)
@@ -216,12 +251,12 @@ def train_one_epoch(t: Trial, epoch: int) -> dict:
         t.scaler.step(t.optimizer)
         t.scaler.update()
         t.scheduler.step_update(epoch * t.steps_per_epoch + step + 1)
-        with torch.no_grad():
-            loss_sum += float(loss) * len(y)
-            correct += float(((models.prob_fake(logits) >= 0.5).long() == y).sum())
+        with torch.no_grad():  # summed on the device: reading a GPU number each step would stall the GPU
+            loss_sum = loss_sum + loss.detach().float() * len(y)
+            correct = correct + ((models.prob_fake(logits) >= 0.5).long() == y).sum()
             seen += len(y)
     train_time = time.perf_counter() - t0
-    loss_sum, correct, seen = _all_reduce_sum([loss_sum, correct, seen], t.device)
+    loss_sum, correct, seen = _all_reduce_sum([float(loss_sum), float(correct), seen], t.device)
     return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "train_time_s": train_time}
 
 
@@ -339,6 +374,7 @@ def train_loop(cfg: dict, session=None) -> None:
     """One trial on this worker. ``cfg``: ``{"train": TrainConfig dict, "index": DatasetIndex (json
     dict or ObjectRef), "candidate": str, "max_train_batches": int | None}``; ``session``:
     ``RayTrainSession`` (the default) or a warm pool's ``PoolSession``."""
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -350,6 +386,7 @@ def train_loop(cfg: dict, session=None) -> None:
     with session.resume() as folder:
         finished = restore(t, folder) if folder is not None else None
     t.model = ray.train.torch.prepare_model(t.model)  # DDP: gloo on CPU, nccl on GPU
+    nodes = ",".join(sorted(set(all_gather(ray.get_runtime_context().get_node_id()))))  # Ray's ids of this run's nodes
     if finished is not None:  # it had run every epoch before its driver was killed: say so again
         session.report(finished)
         return
@@ -360,7 +397,7 @@ def train_loop(cfg: dict, session=None) -> None:
         p_val, v = evaluate(t, t.val)
         metrics = {"epoch": epoch + 1, **train, "val_loss": v["loss"], "val_acc": v["acc"], "val_auc": v["auc"],
                    "trainable_params": t.freeze_info["trainable_params"], "nan_loss": False,
-                   "pg_id": session.pg_id, "worker_pid": os.getpid()}
+                   "pg_id": session.pg_id, "worker_pid": os.getpid(), "worker_nodes": nodes}
         if not (math.isfinite(train["train_loss"]) and math.isfinite(v["loss"])):
             metrics.update(nan_loss=True, val_loss=float("nan"), val_acc=0.0, val_auc=0.0,
                            **{checkpoint_policy.SCORE_KEY: -math.inf})

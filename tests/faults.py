@@ -10,6 +10,9 @@ named by ``$DFSEARCH_TEST_FAULTS`` (the ``faults`` fixture writes it):
 * ``{ARCH or CANDIDATE: {"kind": "raise", "after_epoch": N, "once": true}}``: raise when epoch
   N + 1 starts (N = 0: before any training); ``once``: only the first time (a marker file), so
   that a retried run goes through;
+* ``{ARCH or CANDIDATE: {"kind": "die", "after_epoch": N, "rank": R, "once": true}}``: rank R's
+  worker process kills itself with SIGKILL when epoch N + 1 starts (``kill -9``: no exception, no
+  cleanup, as the OOM killer or a reclaimed node leaves it);
 * ``{ARCH or CANDIDATE: {"kind": "nan"}}``: every epoch's training loss is NaN;
 * ``{"pool": {"kind": "raise"}}``: every pool's workers raise at start;
 * ``{"pool": {"kind": "elsewhere", "root": DIR}}``: trials write their folders under DIR.
@@ -22,6 +25,7 @@ import importlib.abc
 import importlib.util
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -46,10 +50,14 @@ def _wrap_worker(mod) -> None:
 
     def train_one_epoch(t, epoch):
         fault = _for(t.candidate, t.cfg.arch)
-        if fault and fault.get("kind", "raise") == "raise" and epoch == fault.get("after_epoch", 1):
+        kind = (fault or {}).get("kind", "raise")
+        if fault and kind in ("raise", "die") and epoch == fault.get("after_epoch", 1) \
+                and t.rank == fault.get("rank", t.rank):
             marker = Path(os.environ[ENV]).with_name(f"fired-{t.candidate}")
             if not (fault.get("once") and marker.exists()):
                 marker.touch()
+                if kind == "die":
+                    os.kill(os.getpid(), signal.SIGKILL)
                 raise RuntimeError(f"injected fault after epoch {epoch}")
         out = real(t, epoch)
         if fault and fault.get("kind") == "nan":

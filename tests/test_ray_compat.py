@@ -74,3 +74,24 @@ def test_tune_stops_gracefully_on_its_stop_signal_and_only_listens_while_it_runs
     assert tune.Tuner.can_restore(str(tmp_path / "stop"))
     assert ray_compat.tune_listens()  # and Tune leaves it installed: hence forget_tune_listener
     ray_compat.forget_tune_listener()
+
+
+def test_a_dead_worker_is_told_apart_from_the_trial_s_own_exception():
+    """``worker_lost`` reads Ray Train's failure types: a rank's own exception (and the collateral
+    errors of the surviving ranks) is the trial's; a dead or unreachable worker process, a dead
+    node or controller, a preemption is not."""
+    from ray.exceptions import ActorDiedError
+    from ray.train.v2._internal.exceptions import (UserExceptionWithTraceback, WorkerGroupStartupTimeoutError,
+                                                   WorkerHealthCheckFailedError, WorkerHealthCheckTimeoutError)
+    from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
+
+    own = UserExceptionWithTraceback(RuntimeError("the trial's bug"), "Traceback ...")
+    collateral = UserExceptionWithTraceback(RuntimeError("Connection closed by peer"), "Traceback ...")
+    dead = WorkerHealthCheckFailedError("worker 1 died", ActorDiedError())
+    assert not ray_compat.worker_lost(WorkerGroupError("x", {0: own}))
+    assert ray_compat.worker_lost(WorkerGroupError("x", {0: collateral, 1: dead}))
+    assert ray_compat.worker_lost(WorkerGroupError("x", {1: WorkerHealthCheckTimeoutError("hung")}))
+    assert ray_compat.worker_lost(ActorDiedError())  # the run's controller went with its node
+    assert ray_compat.worker_lost(ControllerError(ActorDiedError()))
+    assert not ray_compat.worker_lost(ControllerError(WorkerGroupStartupTimeoutError(2)))  # cannot start: not lost
+    assert not ray_compat.worker_lost(ValueError("x")) and not ray_compat.worker_lost(None)

@@ -197,6 +197,28 @@ def test_two_trials_run_at_once_and_a_crashing_trial_is_recorded(concurrent):
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans
 
 
+def test_a_trial_whose_ddp_worker_is_killed_resumes_from_its_checkpoint_and_says_so(ray_local, easy_data, tmp_path,
+                                                                                     faults):
+    """``kill -9`` of one of a trial's two DDP workers as its second epoch starts (each trial once):
+    the trial resumes from its epoch-1 checkpoint on a fresh worker group and completes; no epoch
+    runs twice; the table and the summary say it was retried and from which epoch. (Its own errors
+    still fail at once: ``test_two_trials_run_at_once_and_a_crashing_trial_is_recorded``.)"""
+    faults({"small_cnn": {"kind": "die", "after_epoch": 1, "rank": 1, "once": True}})
+    out = tmp_path / "out"
+    rc = driver.run(_args(["--space", TINY, "--data", easy_data, "--out", out, "--name", "kill",
+                           "--num-samples", 2, "--max-epochs", 3, "--scheduler", "fifo", "--workers-per-trial", 2,
+                           "--max-concurrent", 1, "--wandb-mode", "disabled"]))
+    assert len(list(Path(os.environ["DFSEARCH_TEST_FAULTS"]).parent.glob("fired-*"))) == 2  # each was killed
+    t = pd.read_parquet(out / "kill" / TRIALS_FILE).set_index("trial_id")
+    assert rc == 0 and list(t.status) == ["completed", "completed"] and list(t.epochs) == [3, 3]
+    assert list(t.retries) == [1, 1] and list(t.resumed_from) == ["1", "1"], t[["retries", "resumed_from"]]
+    for d in (out / "kill").glob("trial_fn_*"):  # Tune's record: every epoch once, in order
+        assert list(pd.read_csv(d / "progress.csv").epoch) == [1, 2, 3]
+    for tid in t.index:
+        assert len(list((out / "kill" / "train" / tid).glob("checkpoint_*"))) == 1  # its best, as any trial
+    assert sorted(pd.read_parquet(out / "kill" / store.CANDIDATES_FILE).candidate) == sorted(t.index)
+
+
 def test_a_pool_that_cannot_start_fails_the_trials_instead_of_waiting(ray_local, easy_data, tmp_path, faults):
     faults({"pool": {"kind": "raise"}})
     t0 = time.time()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms import v2 as T
 
 from dfsearch.data.images import UnreadableImage, open_rgb
@@ -62,10 +63,12 @@ def build_transform(view: View, mean, std, aug: Augment | None = None) -> T.Comp
 
 class ImageList(torch.utils.data.Dataset):
     """Items ``[(sample_id, label), ...]`` under ``root``; ``__getitem__`` -> (x, label, i) or
-    ``(None, reason, i)`` when the file cannot be decoded."""
+    ``(None, reason, i)`` when the file cannot be decoded. With ``pixels`` (``data.decoded``: the
+    same items decoded once on this node) the pixels come from there instead of the files; the
+    transform sees the same uint8 RGB image either way."""
 
-    def __init__(self, root: str, items: list, transform):
-        self.root, self.items, self.transform = root, items, transform
+    def __init__(self, root: str, items: list, transform, pixels=None):
+        self.root, self.items, self.transform, self.pixels = root, items, transform, pixels
 
     def __len__(self):
         return len(self.items)
@@ -73,7 +76,10 @@ class ImageList(torch.utils.data.Dataset):
     def __getitem__(self, i):
         sample_id, label = self.items[i]
         try:
-            img = open_rgb(os.path.join(self.root, sample_id))
+            if self.pixels is not None:
+                img = Image.fromarray(self.pixels.get(i))  # as a file gives it: the same tensors, bit for bit
+            else:
+                img = open_rgb(os.path.join(self.root, sample_id))
         except UnreadableImage as e:
             return None, e.reason, i
         return self.transform(img), int(label), i

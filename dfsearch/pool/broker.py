@@ -9,7 +9,7 @@ import threading
 import ray
 
 from dfsearch.pool.protocol import (CONTINUE, SHUTDOWN, STOP, Decision, EpochResult, Job, Message, TrialFailed,
-                                    TrialRequest)
+                                    TrialLost, TrialRequest)
 
 
 @ray.remote(num_cpus=0, max_concurrency=1000)
@@ -21,7 +21,9 @@ class Broker:
         self._taken = collections.Counter()        # pool -> trials taken since its run started
         self._inbox: dict[str, list[Message]] = collections.defaultdict(list)
         self._decision: dict[str, object] = {}     # trial -> (epoch, CONTINUE) | STOP
+        self._raised: dict[str, TrialFailed] = {}  # trial -> a rank's exception, until its pool's run ended
         self._alive = set(range(n_pools))
+        self._restarting: set[int] = set()         # pools between a failed run and their next take()
         self._failure: str | None = None
         self._closed = False
 
@@ -30,6 +32,7 @@ class Broker:
         with self._cv:
             self._inbox.pop(trial_id, None)
             self._decision.pop(trial_id, None)
+            self._raised.pop(trial_id, None)
             if self._failure:
                 self._inbox[trial_id].append(TrialFailed(self._failure))
             else:
@@ -57,6 +60,7 @@ class Broker:
     # pool side ----------------------------------------------------------
     def take(self, pool_id: int, timeout: float) -> Job | str | None:
         with self._cv:
+            self._restarting.discard(pool_id)
             self._cv.wait_for(lambda: self._pending or self._closed, timeout)
             if self._closed:
                 return SHUTDOWN
@@ -75,6 +79,12 @@ class Broker:
                 self._running = {p: t for p, t in self._running.items() if t != trial_id}
             self._cv.notify_all()
 
+    def raised(self, trial_id: str, failure: TrialFailed) -> None:
+        with self._cv:
+            first = self._raised.setdefault(trial_id, failure)  # the first rank's: the others' may be collateral
+            if failure.collective and not first.collective:  # ...unless a later one says a peer is gone
+                self._raised[trial_id] = failure
+
     def wait_decision(self, trial_id: str, epoch: int, timeout: float) -> Decision:
         def decided():
             d = self._decision.get(trial_id)
@@ -86,9 +96,10 @@ class Broker:
                 return SHUTDOWN
             return CONTINUE if ok and self._decision.get(trial_id) != STOP else STOP
 
-    def pool_crashed(self, pool_id: int, error: str) -> int | None:
+    def pool_crashed(self, pool_id: int, error: str, lost: bool = False) -> int | None:
         with self._cv:
-            self._orphan(pool_id, f"its worker group failed: {error}")
+            self._orphan(pool_id, f"its worker group failed: {error}", lost)
+            self._restarting.add(pool_id)
             taken, self._taken[pool_id] = self._taken[pool_id], 0
             return None if self._closed else taken
 
@@ -103,16 +114,26 @@ class Broker:
                 self._pending.clear()
             self._cv.notify_all()
 
-    def _orphan(self, pool_id: int, why: str) -> None:
+    def _orphan(self, pool_id: int, why: str, lost: bool = False) -> None:
         trial_id = self._running.pop(pool_id, None)
-        if trial_id is not None:
-            self._inbox[trial_id].append(TrialFailed(f"trial {trial_id} failed: {why}"))
-            self._cv.notify_all()
+        if trial_id is None:
+            return
+        raised = self._raised.pop(trial_id, None)
+        if self._decision.get(trial_id) == STOP:
+            pass  # Tune ended it already: nobody listens
+        elif lost or (raised is not None and raised.collective):
+            self._inbox[trial_id].append(TrialLost(f"trial {trial_id} lost a worker: {why}"))
+        else:
+            self._inbox[trial_id].append(raised or TrialFailed(f"trial {trial_id} failed: {why}"))
+        self._cv.notify_all()
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> list[int]:
+        """End the search; returns the pools still restarting after a failed run (one that lost
+        its node may wait for resources that never come back: nothing to wait for)."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
+            return sorted(self._restarting & self._alive)
 
 
 def get_broker(name: str):

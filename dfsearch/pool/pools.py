@@ -26,14 +26,16 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[-1][:300] if lines else ''}"  # the root cause comes last
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, max_retries=0)
 def _run_pool(pool_id: int, broker, index, scaling: dict, storage: str, name: str) -> None:
     """Run one pool's TorchTrainer until the broker shuts it down; after a failure start a fresh
-    one, unless the pool keeps failing without taking a trial (then tell the broker it gave up)."""
+    one, unless the pool keeps failing without taking a trial (then tell the broker it gave up).
+    Every failure ends the run (no retry inside Ray Train, preemption included): the broker must
+    hear of each, to fail or resubmit the trial the run had."""
     from ray.train import FailureConfig, RunConfig
 
     from dfsearch.cluster import scaling_config
-    from dfsearch.ray_compat import trainer_class
+    from dfsearch.ray_compat import trainer_class, worker_lost
 
     idle_failures = 0
     for attempt in itertools.count():
@@ -42,14 +44,14 @@ def _run_pool(pool_id: int, broker, index, scaling: dict, storage: str, name: st
                 pool_loop_per_worker, train_loop_config={"broker": broker, "pool_id": pool_id, "index": index},
                 scaling_config=scaling_config(**scaling),
                 run_config=RunConfig(name=f"{name}-{attempt}", storage_path=storage,
-                                     failure_config=FailureConfig(max_failures=0)),
+                                     failure_config=FailureConfig(max_failures=0, max_preemption_failures=0)),
             ).fit().error
         except Exception as e:  # Train V2 raises when a run fails
             error = e
         if error is None:
             return  # the broker said shutdown
         text = _error_text(error)
-        taken = ray.get(broker.pool_crashed.remote(pool_id, text))
+        taken = ray.get(broker.pool_crashed.remote(pool_id, text, worker_lost(error)))
         if taken is None:
             return
         idle_failures = 0 if taken else idle_failures + 1
@@ -58,22 +60,37 @@ def _run_pool(pool_id: int, broker, index, scaling: dict, storage: str, name: st
             return
 
 
+def driver_node():
+    """A scheduling strategy that keeps a task or actor on this (the driver's) node: Ray would
+    otherwise place these zero-CPU helpers on any node, a spot worker included, whose loss would
+    take the pool (Train puts a run's controller on the node that calls ``fit()``) or the broker
+    with it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+
+
 class Pools:
     """``n`` warm pools and their broker."""
 
     def __init__(self, n: int, *, index, workers: int, use_gpu: bool, cpus_per_worker: float,
                  gpus_per_worker: float, storage: str, name: str):
         self.broker_name = f"dfsearch-broker-{name}"
-        self.broker = Broker.options(name=self.broker_name).remote(n)
+        here = driver_node()  # the broker and each pool's Train controller live and die with the search's driver
+        self.broker = Broker.options(name=self.broker_name, scheduling_strategy=here).remote(n)
         scaling = dict(workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
                        gpus_per_worker=gpus_per_worker)
-        self.refs = [_run_pool.remote(i, self.broker, index, scaling, storage, f"{name}-pool{i}") for i in range(n)]
+        self.refs = [_run_pool.options(scheduling_strategy=here).remote(i, self.broker, index, scaling, storage,
+                                                                        f"{name}-pool{i}") for i in range(n)]
 
     def close(self, timeout: float = 120.0) -> None:
         """End every pool (each finishes its current step and returns, freeing its resources)."""
         try:
-            ray.get(self.broker.shutdown.remote(), timeout=10)
-            _, stuck = ray.wait(self.refs, num_returns=len(self.refs), timeout=timeout)
+            restarting = ray.get(self.broker.shutdown.remote(), timeout=10)
+            waiting = [r for i, r in enumerate(self.refs) if i not in restarting]
+            _, stuck = ray.wait(waiting, num_returns=len(waiting), timeout=timeout) if waiting else ([], [])
+            if restarting:  # unfinished ones only: cancelling a finished task trips a check in Ray 2.60's core
+                stuck += ray.wait([self.refs[i] for i in restarting], num_returns=len(restarting), timeout=0)[1]
         except Exception:
             stuck = self.refs
         for ref in stuck:  # only unfinished ones: cancelling a finished task trips a check in Ray 2.60's core

@@ -8,7 +8,8 @@ Who talks to whom::
       fetch(trial_id) -> [EpochResult ...] <-     inbox[trial]            <-    post(trial_id, EpochResult)
       decide(trial_id, epoch, CONTINUE)    ->     decision[trial]         ->    wait_decision(...) -> Decision
       (search callback) stop(trial_id)     ->     decision = STOP
-                                           <-     TrialDone | TrialFailed <-    post(trial_id, ...)
+                                           <-     TrialDone               <-    post(trial_id, TrialDone())
+                                           <-     TrialFailed | TrialLost <-    raised(...) / the pool's run ended
 
 Contract of the broker (a Ray actor; every call returns at once or after its timeout):
 
@@ -19,8 +20,10 @@ Contract of the broker (a Ray actor; every call returns at once or after its tim
   ``post(trial_id, message)``; ``wait_decision(trial_id, epoch, timeout)`` -> ``CONTINUE``,
   ``STOP`` (Tune ended the trial, or no word within the timeout) or ``SHUTDOWN`` (the search is
   ending, e.g. interrupted: the trial did not end, ``--resume`` continues it);
-  ``pool_crashed(pool_id, error)`` (its Train run failed: the trial it ran fails; returns how many
-  trials the pool took since its run started, or None once the search is over);
+  ``raised(trial_id, TrialFailed)`` (a rank's exception, held until the pool's run has ended);
+  ``pool_crashed(pool_id, error, lost)`` (its Train run failed: the trial it ran gets ``TrialLost``
+  when a worker process or node died, else the exception it raised as ``TrialFailed``; returns
+  how many trials the pool took since its run started, or None once the search is over);
   ``pool_failed(pool_id, error)`` (a pool gave up: with none left, every waiting trial fails).
 
 A pool's rank 0 talks to the broker and broadcasts each word to the other ranks, so every rank
@@ -29,7 +32,14 @@ stops at the same epoch. After a trial that ended (not cut by the search's end) 
 
 Isolation: a trial that raises fails alone: its pool's Train run ends (``max_failures=0``: a rank
 may be stuck in a collective the failed one never joined) and the pool starts a fresh run for the
-next trial. A worker process that dies (OOM-killed, segfault) fails its trial the same way. A pool
+next trial. A worker process or node that dies (``kill -9``, OOM killer, a reclaimed spot node)
+ends the run the same way, but the trial did nothing wrong: it gets ``TrialLost`` and its Tune
+trainable submits it again from its latest checkpoint (``--max-failures`` times at most), to
+whichever pool takes it first. Which of the two happened is read from the run's error
+(``ray_compat.worker_lost``), after the run ended: the surviving ranks of a run that lost one fail
+too ("Connection closed by peer"), so a rank's exception is held by the broker until then; a rank
+whose collective failed (``TrialFailed.collective``) also means a lost peer, should Train have seen
+that rank's error before the peer's death. A pool
 whose runs keep failing before they take any trial (it cannot start) gives up after
 ``pools.CRASH_RESTARTS`` tries, and the trials fail with its error instead of waiting for ever.
 """
@@ -79,6 +89,14 @@ class TrialDone:
 class TrialFailed:
     error: str
     traceback: str = ""
+    collective: bool = False  # a collective (gloo / nccl) failed under this rank: a peer is gone
 
 
-Message = Union[EpochResult, TrialDone, TrialFailed]
+@dataclass(frozen=True)
+class TrialLost:
+    """The trial's worker group lost a process or a node: resume it from its latest checkpoint."""
+
+    error: str
+
+
+Message = Union[EpochResult, TrialDone, TrialFailed, TrialLost]

@@ -29,37 +29,67 @@ class PoolBackend:
         self.setup, self.index = setup, index
 
     def epochs(self, trial_id: str, train_cfg) -> Iterator[dict]:
+        """The trial's epochs from whichever pool runs it. A trial whose worker group lost a
+        process or node (``TrialLost``) is submitted again from its latest checkpoint, up to
+        ``setup.max_failures`` times; every result after that says so (``retries``,
+        ``resumed_from``: the epochs it resumed from, comma-separated), and so does the trials table."""
         import ray
 
         from dfsearch.pool.broker import get_broker
-        from dfsearch.pool.protocol import CONTINUE, EpochResult, TrialDone, TrialRequest
+        from dfsearch.pool.protocol import CONTINUE, EpochResult, TrialDone, TrialLost
 
         s = self.setup
         trial_dir = Path(s.train_storage) / trial_id
         trial_uri = remote.join(s.remote, "train", trial_id) if s.remote else None
-        if trial_uri:  # this trial's folder as whichever node last trained it left it
-            remote.try_pull(remote.open_uri(trial_uri), trial_dir, f"trial {trial_id}")
+        self._pull(trial_dir, trial_uri)
         final = checkpoint_policy.read_final(trial_dir)
         if final is not None:  # it had ended before the search was killed: say so again, train nothing
             yield final
             return
-        resume = checkpoint_policy.latest(trial_dir)  # a search killed while this trial ran
         broker = get_broker(s.broker)
-        ray.get(broker.submit.remote(trial_id, TrialRequest(
-            train=train_cfg.model_dump(), candidate=trial_id, trial_dir=str(trial_dir),
-            max_train_batches=s.profile.steps_per_epoch, resume=str(resume) if resume else None,
-            trial_uri=trial_uri)))
+        retried: list[int] = []
+        self._submit(broker, trial_id, train_cfg, trial_dir, trial_uri)  # resumes a search killed while it ran
         while True:
             for m in ray.get(broker.fetch.remote(trial_id, 10.0)):
                 if isinstance(m, EpochResult):
-                    yield m.metrics
+                    yield {**m.metrics, **retry_record(retried)}
                     broker.decide.remote(trial_id, m.metrics["epoch"], CONTINUE)
                 elif isinstance(m, TrialDone):
                     return
+                elif isinstance(m, TrialLost):
+                    if len(retried) >= s.max_failures:
+                        raise TrialError(f"{m.error} ({len(retried) + 1} times; --max-failures {s.max_failures})")
+                    self._pull(trial_dir, trial_uri)  # the checkpoints the lost node had copied there
+                    retried.append(self._submit(broker, trial_id, train_cfg, trial_dir, trial_uri))
+                    print(f"dfsearch: {m.error}; retry {len(retried)}/{s.max_failures} from epoch {retried[-1]}",
+                          file=sys.stderr)
                 else:
                     if m.traceback:
                         print(m.traceback, file=sys.stderr)
                     raise TrialError(m.error)
+
+    def _submit(self, broker, trial_id, train_cfg, trial_dir: Path, trial_uri) -> int:
+        """Queue the trial from its latest checkpoint, if any; returns that checkpoint's epoch (0: none)."""
+        import ray
+
+        from dfsearch.pool.protocol import TrialRequest
+
+        resume = checkpoint_policy.latest(trial_dir)
+        ray.get(broker.submit.remote(trial_id, TrialRequest(
+            train=train_cfg.model_dump(), candidate=trial_id, trial_dir=str(trial_dir),
+            max_train_batches=self.setup.profile.steps_per_epoch, resume=str(resume) if resume else None,
+            trial_uri=trial_uri)))
+        return checkpoint_policy.epoch_of(resume) if resume else 0
+
+    @staticmethod
+    def _pull(trial_dir: Path, trial_uri: str | None) -> None:
+        if trial_uri:  # this trial's folder as whichever node last trained it left it
+            remote.try_pull(remote.open_uri(trial_uri), trial_dir, f"trial {trial_dir.name}")
+
+
+def retry_record(retried: list[int]) -> dict:
+    """What a result says of a trial's retries: none, or how many and the epochs it resumed from."""
+    return {"retries": len(retried), "resumed_from": ",".join(map(str, retried))} if retried else {}
 
 
 class TrainerBackend:

@@ -32,7 +32,7 @@ from dfsearch import checkpoint_policy, remote, tracking
 PROGRESS_FILE = "trials_progress.jsonl"  # one line per finished trial, written as they finish
 FREE_GRACE_S = 3.0  # how long a finished trial's Train controller gets to remove its placement group
 WANDB_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "test_acc", "test_auc",
-              "train_time_s", "epoch_time_s", "skipped_files")
+              "train_time_s", "epoch_time_s", "skipped_files", "retries")
 
 
 @dataclass

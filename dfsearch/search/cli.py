@@ -23,6 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (default: 1 if the cluster has GPUs, else 0)")
     p.add_argument("--max-concurrent", type=int, help="cap on concurrent trials (default: what the cluster fits)")
+    p.add_argument("--max-failures", type=int, default=2,
+                   help="times a trial that lost a worker process or node (kill -9, OOM killer, a reclaimed spot "
+                        "node) resumes from its latest checkpoint before it counts as failed (default 2; warm pools "
+                        "only: with --no-pool it fails). A trial whose own code raises fails at once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--searcher", choices=["tpe", "random"], default="tpe",
                    help="Optuna sampler: multivariate TPE (default) or random search (a baseline)")
@@ -61,6 +65,10 @@ def run(args) -> int:
         if v is not None and v < 1:
             print(f"run_search.py: error: --{flag.replace('_', '-')} {v}: need >= 1", file=sys.stderr)
             return 2
+    if args.max_failures < 0:
+        print(f"run_search.py: error: --max-failures {args.max_failures}: need >= 0 (0: a lost worker fails its trial)",
+              file=sys.stderr)
+        return 2
     return run_command("run_search.py", _search, args,
                        interrupted="interrupted; continue with the same --out/--name and --resume")
 

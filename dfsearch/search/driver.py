@@ -28,7 +28,7 @@ import time
 from dfsearch import remote
 from dfsearch.data.images import sample_sizes
 from dfsearch.errors import DfsearchError
-from dfsearch.search.plan import local_cpus, make_plan
+from dfsearch.search.plan import DRIVER_RESOURCE, local_cpus, make_plan
 from dfsearch.search.run_folder import open_run_folder
 from dfsearch.search.signals import StopOnSignal
 from dfsearch.search.spec import Options, SearchSpec
@@ -72,7 +72,7 @@ def run(args, report_to=None) -> int:
     t0 = time.time()
     try:
         with _pools(spec, plan, index, folder, name) as live.broker:
-            tuner = _tuner(spec, plan, space, folder, index, live, args.resume)
+            tuner = _tuner(spec, plan, space, folder, index, live, args.resume, options.max_failures)
             with cb.bound(live), StopOnSignal() as stop:
                 grid = tuner.fit()
     finally:
@@ -119,6 +119,10 @@ def _plan(spec, options, space, folder):
     if nodes > 1 and folder.target is None:
         print(f"dfsearch: {nodes} nodes: {folder.out} must be a filesystem shared by all of them at the same "
               f"path (workers write checkpoints there), or use a URI --out (e.g. s3://...)", file=sys.stderr)
+    if nodes > 1 and "CPU" in plan.driver and plan.driver["CPU"] > 0:
+        print(f"dfsearch: {nodes} nodes and no node advertises the resource {DRIVER_RESOURCE}: the trials' Tune "
+              f"trainables may land on any node, and a trial whose node is lost fails with it; give the head "
+              f"`--resources '{{\"{DRIVER_RESOURCE}\": 1000}}'` (cluster.yaml does)", file=sys.stderr)
     if nodes > 1 and folder.target is not None and not spec.pool:
         raise DfsearchError(f"--no-pool with --out {options.out} on {nodes} nodes: Ray Train would leave each "
                             f"trial's checkpoints on the node that trained it; drop --no-pool (warm pools copy "
@@ -145,7 +149,7 @@ def _pools(spec, plan, index, folder, name):
         pools.close()
 
 
-def _tuner(spec, plan, space, folder, index, live, resume: bool):
+def _tuner(spec, plan, space, folder, index, live, resume: bool, max_failures: int):
     from ray import tune
 
     from dfsearch.search import callbacks as cb
@@ -156,8 +160,8 @@ def _tuner(spec, plan, space, folder, index, live, resume: bool):
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # small state: save it often, lose little on a kill
     setup = TrialSetup(space, plan.profile, spec.seed, plan.use_gpu, plan.cpus_per_worker, plan.gpus_per_worker,
                        str(live.train_storage), remote=folder.target.uri if folder.target else None,
-                       broker=live.broker)
-    trainable = make_trainable(setup, index.to_json())
+                       broker=live.broker, max_failures=max_failures)
+    trainable = make_trainable(setup, index.to_json(), plan.driver)
     if resume:  # Tune restores its callbacks, searcher and scheduler with their state
         print(f"dfsearch: resuming {folder.name} from {folder.run_dir}", file=sys.stderr)
         return tune.Tuner.restore(str(folder.run_dir), trainable=trainable, resume_unfinished=True,

@@ -10,6 +10,16 @@ from dataclasses import dataclass
 from dfsearch.errors import DfsearchError
 
 DRIVER_CPUS = 0.5  # each trial's Tune trainable (it only waits on its Train workers)
+DRIVER_RESOURCE = "dfsearch_driver"  # a node that advertises it (the head) takes every trial's trainable
+
+
+def driver_resources(cluster: dict) -> dict:
+    """What each trial's Tune trainable asks for. On a cluster whose head advertises
+    ``DRIVER_RESOURCE`` (``cluster.yaml``, ``k8s/raycluster.yaml`` do, with ``CPU: 0`` so that no
+    training lands there): one unit of it, so the trainables live on the head, which no spot
+    reclaim takes, and a lost worker node costs only the epochs since its trials' checkpoints.
+    Elsewhere: ``DRIVER_CPUS`` CPUs on any node."""
+    return {"CPU": 0, DRIVER_RESOURCE: 1} if cluster.get(DRIVER_RESOURCE, 0) >= 1 else {"CPU": DRIVER_CPUS}
 
 
 @dataclass(frozen=True)
@@ -20,6 +30,7 @@ class Plan:
     cpus_per_worker: float
     gpus_per_worker: float  # 0 on CPU
     max_concurrent: int
+    driver: dict            # what each trial's Tune trainable asks for (``driver_resources``)
 
     def describe(self) -> str:
         p = self.profile
@@ -50,13 +61,16 @@ def make_plan(spec, options, space, cluster: dict) -> Plan:
             f"trial would share one GPU, which nccl refuses; use --gpus-per-worker >= 1, or "
             f"--workers-per-trial 1 to pack several trials on a GPU")
     cpw = options.cpus_per_worker
-    check_resources(profile.workers_per_trial, use_gpu, cpw, gpw or 1.0, extra_cpus=DRIVER_CPUS,
+    driver = driver_resources(cluster)
+    check_resources(profile.workers_per_trial, use_gpu, cpw, gpw or 1.0, extra_cpus=driver["CPU"],
                     workers_flag="--workers-per-trial", gpu_flag="--gpus-per-worker", cluster=cluster)
-    fit = int(cluster.get("CPU", 0) // (profile.workers_per_trial * cpw + DRIVER_CPUS))
+    fit = int(cluster.get("CPU", 0) // (profile.workers_per_trial * cpw + driver["CPU"]))
     if use_gpu:
         fit = min(fit, int(gpus // (profile.workers_per_trial * gpw)))
+    if DRIVER_RESOURCE in driver:
+        fit = min(fit, int(cluster[DRIVER_RESOURCE]))
     concurrent = max(1, min(fit, options.max_concurrent or fit, profile.num_samples))
-    return Plan(profile, name, use_gpu, cpw, gpw, concurrent)
+    return Plan(profile, name, use_gpu, cpw, gpw, concurrent, driver)
 
 
 def local_cpus(space, spec, options) -> tuple[int, str | None]:

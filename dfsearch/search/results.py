@@ -56,6 +56,9 @@ def _row(tid, cfg, status, reason, epochs, best, last, hist, ckpt) -> dict:
            "start": float(hist["timestamp"].iloc[0] - hist["time_this_iter_s"].iloc[0]) if has_hist else nan,
            "wall_time_s": float(last.get("time_total_s", nan)),
            "train_time_s": float(hist["train_time_s"].sum()) if has_hist and "train_time_s" in hist else nan,
+           "retries": int(last.get("retries", 0) or 0), "resumed_from": str(last.get("resumed_from", "") or ""),
+           "nodes": ",".join(sorted({n for v in hist["worker_nodes"].dropna() for n in str(v).split(",") if n}))
+           if has_hist and "worker_nodes" in hist else "",
            "checkpoint": ckpt}
     row["unfrozen"], row["pretrained"] = str(row["unfrozen"]), str(row["pretrained"])
     row["aug_jpeg_quality"] = json.dumps(list(row["aug_jpeg_quality"]))
@@ -78,6 +81,8 @@ def summary(df: pd.DataFrame, space, run_dir: Path, wall: float) -> dict:
             "finished": int(len(done)), "metric": key, "best": top.iloc[0].to_dict() if not top.empty else None,
             "top": top[TOP_COLUMNS].to_dict("records") if not top.empty else [],
             "failed": df[df.status == "failed"][["trial_id", "arch", "reason"]].to_dict("records") if not df.empty else [],
+            "retried": df[df.retries > 0][["trial_id", "arch", "status", "retries", "resumed_from"]].to_dict("records")
+            if not df.empty and "retries" in df else [],
             "files": {"trials": str(run_dir / TRIALS_FILE), "predictions": str(run_dir / store.PREDICTIONS_FILE),
                       "candidates": str(run_dir / store.CANDIDATES_FILE)},
             "next": f"python ensemble.py --run {run_dir} --top-k 4"}
@@ -94,6 +99,9 @@ def format_summary(r: dict) -> str:
             "lr": "{:.2e}".format}))
     for f in r["failed"][:5]:
         lines.append(f"  failed {f['trial_id']} ({f['arch']}): {f['reason']}")
+    for t in r.get("retried", []):
+        lines.append(f"  retried {t['trial_id']} ({t['arch']}): lost a worker {t['retries']} time(s), resumed from "
+                     f"epoch {t['resumed_from']}; {t['status']}")
     if r["best"]:
         b = r["best"]
         cfg = {k: b[k] for k in ("arch", "lr", "weight_decay", "unfrozen", "batch_size", "optimizer") if k in b}

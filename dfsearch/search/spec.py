@@ -54,6 +54,7 @@ class Options:
     cpus_per_worker: float = 1.0
     gpus_per_worker: Optional[float] = None
     max_concurrent: Optional[int] = None
+    max_failures: int = 2
     wandb_mode: Optional[str] = None
     wandb_project: str = "dfsearch"
     json: bool = False

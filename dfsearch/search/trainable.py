@@ -20,6 +20,7 @@ class TrialSetup:
     train_storage: str          # <run_dir>/train: one folder per trial
     remote: Optional[str] = None  # a URI --out: the run folder there
     broker: Optional[str] = None  # the warm pools' broker (its name); None: one TorchTrainer per trial
+    max_failures: int = 0       # times a trial that lost a worker or node resumes (warm pools)
 
 
 def trial_fn(config: dict, index=None, setup: TrialSetup = None) -> None:
@@ -33,9 +34,8 @@ def trial_fn(config: dict, index=None, setup: TrialSetup = None) -> None:
         tune.report(metrics)
 
 
-def make_trainable(setup: TrialSetup, index_json: dict):
+def make_trainable(setup: TrialSetup, index_json: dict, resources: dict):
+    """``resources``: what each trial's trainable asks for (``plan.driver_resources``)."""
     from ray import tune
 
-    from dfsearch.search.plan import DRIVER_CPUS
-
-    return tune.with_resources(tune.with_parameters(trial_fn, index=index_json, setup=setup), {"CPU": DRIVER_CPUS})
+    return tune.with_resources(tune.with_parameters(trial_fn, index=index_json, setup=setup), resources)
