@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+MODES = ("synthetic", "files", "cache")
 sys.path.insert(0, str(ROOT))
 
 
@@ -167,6 +169,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[1], help="DDP workers (one GPU each) to scale over")
     p.add_argument("--loader-workers", default="auto", help="DataLoader processes per worker (auto: as a search)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank on CPU")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each mode, interleaved; medians reported")
+    p.add_argument("--loader-only", action="store_true", help="only the loader alone (no model): e.g. at 224 px on CPU")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     cpu = args.cpu or not torch.cuda.is_available()
@@ -195,18 +199,27 @@ def main() -> None:
             report[f"loader_alone_{mode}"] = {"img_s": ips, "processes": procs, "img_s_per_process": per}
             print(f"loader alone, {mode:<5}: {ips:8.1f} img/s with {procs} loader process(es) "
                   f"({per:.1f} img/s per process)", file=sys.stderr)
-        for world in args.workers:
+        for world in args.workers if not args.loader_only else ():
             row = {"workers": world}
-            for mode in ("synthetic", "files", "cache"):
-                row[mode] = run_mode(mode, data, args, world, work)
-                print(f"{world} worker(s) {mode:<9}: {row[mode]:8.1f} img/s", file=sys.stderr)
+            runs = {m: [] for m in MODES}
+            for rep in range(args.repeats):  # interleaved: a slow spell of the machine hits every mode alike
+                for mode in MODES:
+                    runs[mode].append(run_mode(mode, data, args, world, work))
+                    print(f"{world} worker(s) {mode:<9} #{rep + 1}: {runs[mode][-1]:8.1f} img/s", file=sys.stderr)
+            row.update({m: statistics.median(v) for m, v in runs.items()}, runs=runs)
             row["files/synthetic"] = row["files"] / row["synthetic"]
             row["cache/synthetic"] = row["cache"] / row["synthetic"]
             report["rows"].append(row)
     if args.json:
         print(json.dumps(report))
         return
-    print(f"\n{device}: {args.arch} {args.img_size} px, batch {args.batch} per worker")
+    print(f"\n{device}: {args.arch} {args.img_size} px, batch {args.batch} per worker, loader_workers "
+          f"{args.loader_workers}; medians of {args.repeats} interleaved runs")
+    if args.loader_only:
+        for mode in ("files", "cache"):
+            r = report[f"loader_alone_{mode}"]
+            print(f"loader alone ({mode}): {r['img_s']:.1f} img/s, {r['img_s_per_process']:.1f} per loader process")
+        return
     print("| workers | synthetic img/s | JPEG loader img/s | cached img/s | loader/synthetic | cache/synthetic |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in report["rows"]:

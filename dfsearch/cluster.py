@@ -73,6 +73,15 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
                     "its token (~/.ray/auth_token, or RAY_AUTH_TOKEN) for an explicit address; or run on the "
                     "head node with --address auto")
         raise DfsearchError(f"--address {address}: {str(e).strip().splitlines()[0]} ({hint})") from None
+    except RuntimeError as e:  # Ray refuses a driver whose Ray or Python version differs from the cluster's
+        if not str(e).startswith("Version mismatch"):
+            raise
+        versions = " ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())
+        raise DfsearchError(
+            f"--address {address}: version mismatch: {versions}. Ray connects a driver only to a cluster of the "
+            f"same Ray and Python version: run the search on the cluster (`ray job submit --address "
+            f"http://HEAD:8265 --working-dir . -- python run_search.py --address auto ...`, or `ray attach` and "
+            f"run it there), or install the cluster's versions here") from None
     return True
 
 

@@ -70,6 +70,7 @@ class Profile(BaseModel):
     steps_per_epoch: Optional[int] = Field(None, ge=1)  # cap on optimisation steps per epoch
     # DataLoader processes per Train worker (decode + augment); "auto": TrainConfig.loader_workers
     loader_workers: Union[Annotated[int, Field(ge=0, le=64)], Literal["auto"]] = 0
+    decode_cache: Literal["auto", "on", "off"] = "auto"  # TrainConfig.decode_cache (data.decoded)
 
 
 class SpaceFile(BaseModel):
@@ -150,7 +151,7 @@ class Space:
         size = models.fit_img_size(arch, profile.img_size, int(params.get("zoom", 1)))
         return TrainConfig(arch=arch, img_size=size, epochs=profile.max_epochs,
                            metric=self.metric, seed=seed, aug=AugConfig(**aug),
-                           loader_workers=profile.loader_workers, **params)
+                           loader_workers=profile.loader_workers, decode_cache=profile.decode_cache, **params)
 
 
 def available() -> list[str]:

@@ -61,6 +61,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--loader-workers", type=_loader_workers, default=0,
                    help="DataLoader processes per worker, or auto (on a GPU: the node's CPUs per GPU less one, "
                         "at most 8; on CPU 0)")
+    p.add_argument("--decode-cache", default="auto", choices=("auto", "on", "off"),
+                   help="decode every image once per node into a local uint8 cache (auto: when it takes at most a "
+                        "quarter of the free local disk)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-failures", type=int, default=0,
                    help="restart the worker group from the latest checkpoint this many times")
@@ -85,7 +88,7 @@ def _train_config(args):
                            input_policy=args.input_policy, zoom=args.zoom, eval_view=args.eval_view,
                            input_filter=args.input_filter,
                            oversample=args.oversample, num_classes=args.num_classes,
-                           loader_workers=args.loader_workers)
+                           loader_workers=args.loader_workers, decode_cache=args.decode_cache)
     except ValidationError as e:
         raise DfsearchError("invalid training option: " + "; ".join(
             f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None

@@ -93,3 +93,19 @@ def test_the_command_exits_1_on_an_error_and_rejects_a_file_that_is_no_cluster_c
     assert report[str(REPO / "cluster.yaml")] == [] and report[str(bad)][0]["level"] == "error"
     with pytest.raises(DfsearchError, match="neither a Ray cluster launcher config"):
         cluster_config.check(REPO / "search_spaces" / "demo.yaml")
+
+
+def test_joining_a_cluster_of_another_ray_version_is_a_clear_error(monkeypatch):
+    """What Ray raises when the cluster's Ray or Python differs from this driver's becomes an
+    error that says what differs and how to run the search instead (on the cluster itself)."""
+    from dfsearch.cluster import init_ray
+
+    def refuse(**kw):
+        raise RuntimeError("Version mismatch: The cluster was started with:\n    Ray: 2.59.0\n    Python: 3.11.4\n"
+                           "This process on 10.0.0.5:6379 was started with:\n    Ray: 2.60.0\n    Python: 3.11.9\n")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(DfsearchError, match=r"--address 10.0.0.5:6379: version mismatch: .*Ray: 2.59.0.*Ray: 2.60.0"
+                                            r".*ray job submit"):
+        init_ray("10.0.0.5:6379")
