@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(PY) ensemble.py --top-k 4
 
 test: $(STAMP)   # the full suite, what CI runs: two processes, the Ray-heavy groups apart (tests/conftest.py)
-	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadgroup --no-loadscope-reorder
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadgroup --no-loadscope-reorder --durations=12
 
 test-fast: $(STAMP)   # the fast tier, for iteration: no test that starts Ray or a search
 	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 -m "not slow"
