@@ -77,16 +77,17 @@ class LoopbackCluster:
             time.sleep(1)
         raise AssertionError(f"{n} nodes did not come up: {self.ray_nodes()}")
 
-    def kill(self, name: str, sig=signal.SIGKILL) -> None:
+    def kill(self, name: str, sig=signal.SIGKILL, grace: float = 10) -> None:
         p = self.nodes[name]
         try:
             os.killpg(p.pid, sig)
         except ProcessLookupError:
             return
         try:
-            p.wait(timeout=60)
+            p.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=60)
 
     def close(self) -> None:
         for name in reversed(list(self.nodes)):
