@@ -1,7 +1,7 @@
 """dfsearch: deepfake-detector search, ensembling and prediction.
 
 Subcommands ``inspect``, ``synth``, ``models``, ``train``, ``search``, ``ensemble``, ``predict``, ``evaluate``,
-``cluster-check``: each parses its
+``export``, ``cluster-check``: each parses its
 flags here (or in its own ``*_cli`` module) and hands plain values to one module."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dfsearch import ensemble_cli, evaluate, predict, train_cli
+from dfsearch import ensemble_cli, evaluate, export, predict, train_cli
 from dfsearch.errors import run_command
 
 
@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble_cli.add_parser(sub)
     predict.add_parser(sub)
     evaluate.add_parser(sub)
+    export.add_parser(sub)
     _add_cluster_check(sub)
     return parser
 

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -304,3 +305,63 @@ def test_wandb_mode_needs_credentials_for_online(tmp_path, monkeypatch, capsys):
     for fn, args in ((tracking.log, ({"a": 1},)), (tracking.log_table, ("t", pd.DataFrame())),
                      (tracking.log_images, ({"x": "x.png"},)), (tracking.finish, ())):
         fn(None, *args)
+
+
+def _export_cli(argv) -> tuple[int, str, str]:
+    from dfsearch.cli import main as dfsearch_main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = dfsearch_main(["export", *map(str, argv)])
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_the_exported_graph_gives_predict_s_calibrated_probabilities(ensembled, run_dir, easy_data, tmp_path, fmt):
+    """One file, uint8 images in, the calibrated ensemble P(fake) out: run as a deployment would
+    (ONNX Runtime on CPU; torch.jit.load), it gives what ``dfsearch predict`` gives on the same
+    files, members with a centre crop and with a 2 x 2 grid of crops alike."""
+    from PIL import Image
+
+    paths = [easy_data / s for s in _sample_images(_test_frame(run_dir))]
+    other = tmp_path / "other_size.png"  # not the graph's input size: skipped by --check, and said
+    Image.new("RGB", (40, 40)).save(other)
+    out = tmp_path / fmt
+    rc, stdout, err = _export_cli(["--ensemble", ensembled["out_dir"] / "ensemble.json", "--format", fmt,
+                                   "--out", out, "--check", *paths, other, "--json"])
+    assert rc == 0, err
+    summary = json.loads(stdout)
+    assert summary["input"]["shape"] == ["N", 3, 32, 32] and summary["check"]["images"] == len(paths)
+    assert summary["check"]["max_abs_diff"] <= 1e-4
+    assert [s["path"] for s in summary["check"]["skipped"]] == [str(other)]
+
+    preds, _ = predict_paths(ensembled["out_dir"] / "ensemble.json", paths)
+    images = np.stack([np.asarray(Image.open(p).convert("RGB")).transpose(2, 0, 1) for p in paths])
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(summary["path"], providers=["CPUExecutionProvider"])
+        got = session.run(None, {"images": images})[0]
+    else:
+        import torch
+
+        with torch.no_grad():
+            got = torch.jit.load(summary["path"])(torch.from_numpy(images)).numpy()
+    want = np.array([p["prob_fake"] for p in preds])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    threshold = json.loads((out / "model.json").read_text())["threshold"]
+    assert ["fake" if g >= threshold else "real" for g in got] == [p["label"] for p in preds]
+    card = (out / "MODEL_CARD.md").read_text()
+    for m in ensembled["result"]["members"]:
+        assert m["candidate"] in card
+    assert f"{threshold:.4f}" in card and "## Known limits" in card and "Checked against `dfsearch predict`" in card
+
+
+def test_export_refuses_an_input_smaller_than_a_member_s_crop_and_a_missing_check_image(ensembled, tmp_path):
+    ens = ensembled["out_dir"] / "ensemble.json"
+    rc, _, err = _export_cli(["--ensemble", ens, "--format", "onnx", "--out", tmp_path / "a", "--size", 16])
+    assert rc == 2 and "--size 16" in err and not (tmp_path / "a").exists()
+    assert re.search(r"member '[^']+' crops (24|32) px; use --size >= (24|32)", err), err
+    rc, _, err = _export_cli(["--ensemble", ens, "--format", "onnx", "--out", tmp_path / "b", "--check",
+                              tmp_path / "nope.jpg"])
+    assert rc == 2 and "nope.jpg" in err and "no such file" in err and not (tmp_path / "b").exists()

@@ -1,0 +1,285 @@
+"""``dfsearch export``: the ensemble as one self-contained graph, plus a model card.
+
+    dfsearch export --ensemble runs/x/ensemble/ensemble.json --format onnx|torchscript --out DIR
+                    [--size S] [--check IMAGE_OR_FOLDER ...]
+
+The graph (``EnsembleGraph``) takes a batch of RGB images as uint8 ``(N, 3, S, S)`` (S: ``--size``,
+default the largest side a member's view needs) and returns the calibrated ensemble P(fake),
+``(N,)`` float32: every step ``dfsearch predict`` takes after decoding is inside it (each member's
+view of the pixels, /255, its mean and std, the network, its Platt map, the weighted average, the
+blend's Platt map). What it needs from the caller: decode to RGB uint8 at S x S, without resizing
+when the images are that size already (as the training data was); the decision threshold chosen on
+val is in ``DIR/model.json`` and the model card. Members whose view resizes (``input_policy:
+resize``) resize inside the graph from S x S.
+
+``--check``: images whose P(fake) from the exported file (ONNX Runtime on CPU for onnx, torch for
+torchscript) is compared with ``dfsearch predict``'s; the largest difference is printed and saved
+in model.json. The export refuses a difference above ``TOLERANCE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from dfsearch.errors import DfsearchError
+
+FORMATS = ("onnx", "torchscript")
+TOLERANCE = 1e-4  # max |P(fake) exported - P(fake) predict| accepted by --check
+EPS = 1e-6        # = ensemble.calibration.EPS: probabilities are clipped before the logit
+
+
+def _torch_graph(members, calibration, size: int):
+    import torch
+
+    from dfsearch.data.views import tile_origins
+
+    class EnsembleGraph(torch.nn.Module):
+        """uint8 ``(N, 3, S, S)`` RGB -> calibrated P(fake) ``(N,)``; see the module docstring."""
+
+        def __init__(self):
+            super().__init__()
+            self.nets = torch.nn.ModuleList([m.model for m in members])
+            self.views = [m.view for m in members]
+            for i, m in enumerate(members):
+                self.register_buffer(f"mean{i}", torch.tensor(m.mean, dtype=torch.float32).view(1, 3, 1, 1))
+                self.register_buffer(f"std{i}", torch.tensor(m.std, dtype=torch.float32).view(1, 3, 1, 1))
+            self.weights = [float(m.weight) for m in members]
+            self.maps = [(float(m.slope), float(m.intercept)) for m in members]
+            self.blend = (float(calibration.slope), float(calibration.intercept)) if calibration.calibrated else None
+
+        @staticmethod
+        def _platt(p, slope: float, intercept: float):
+            p = p.clamp(EPS, 1 - EPS)
+            return torch.sigmoid(slope * torch.log(p / (1 - p)) + intercept)
+
+        def _view(self, x, view):
+            """The pixels this member's network saw in evaluation, as ``(N * K, 3, s, s)`` with K views each."""
+            from torch.nn import functional as F
+
+            c = view.crop
+            if view.policy == "resize":  # on uint8 values, rounded, as torchvision resizes a uint8 image
+                x = (F.interpolate(x * 255.0, size=(c, c), mode="bilinear", antialias=True,
+                                   align_corners=False).round().clamp(0, 255)) / 255.0
+            elif view.policy != "native" and view.eval_view == "tiles":
+                tops = tile_origins(size, c, view.eval_tiles)
+                x = torch.stack([x[:, :, t:t + c, l:l + c] for t in tops for l in tops], dim=1).flatten(0, 1)
+            elif view.policy != "native":
+                top = int(round((size - c) / 2.0))  # as torchvision's CenterCrop
+                x = x[:, :, top:top + c, top:top + c]
+            if view.zoom > 1:
+                x = x.repeat_interleave(view.zoom, dim=2).repeat_interleave(view.zoom, dim=3)
+            return x
+
+        def forward(self, images):
+            from dfsearch.models import prob_fake
+
+            x = images.float() / 255.0
+            total = torch.zeros(images.shape[0], dtype=torch.float32, device=images.device)
+            for i, (net, view) in enumerate(zip(self.nets, self.views)):
+                v = (self._view(x, view) - getattr(self, f"mean{i}")) / getattr(self, f"std{i}")
+                p = prob_fake(net(v)).float().view(images.shape[0], -1).mean(dim=1)
+                slope, intercept = self.maps[i]
+                if (slope, intercept) != (1.0, 0.0):
+                    p = self._platt(p, slope, intercept)
+                total = total + self.weights[i] * p
+            return self._platt(total, *self.blend) if self.blend else total
+
+    return EnsembleGraph().eval()
+
+
+def input_size(members) -> int:
+    """The smallest square input every member's view can take: the largest crop (a resize view takes any)."""
+    return max((m.view.crop for m in members if m.view.policy != "resize"), default=max(m.view.crop for m in members))
+
+
+def check_size(members, size: int) -> None:
+    for m in members:
+        if m.view.policy == "native" and size != m.view.img_size:
+            raise DfsearchError(f"--size {size}: member {m.candidate!r} sees whole images of {m.view.img_size} px "
+                                f"(input_policy native); export with --size {m.view.img_size}")
+        if m.view.policy in ("crop", "auto") and size < m.view.crop:
+            raise DfsearchError(f"--size {size}: member {m.candidate!r} crops {m.view.crop} px; use --size >= "
+                                f"{m.view.crop}")
+
+
+def _load_images(files, size: int) -> tuple[np.ndarray, list[Path], list[dict]]:
+    """uint8 (N, 3, size, size) of the readable ``files`` of that size; the others as errors."""
+    from dfsearch.data.images import UnreadableImage, open_rgb
+
+    arrays, good, bad = [], [], []
+    for f in files:
+        try:
+            img = open_rgb(f)
+        except UnreadableImage as e:
+            bad.append({"path": str(f), "reason": e.reason})
+            continue
+        if img.size != (size, size):
+            bad.append({"path": str(f), "reason": f"{img.size[0]} x {img.size[1]} px; the graph takes {size} x {size}"})
+            continue
+        arrays.append(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+        good.append(f)
+    return (np.stack(arrays) if arrays else np.zeros((0, 3, size, size), np.uint8)), good, bad
+
+
+def _write(graph, fmt: str, size: int, out: Path) -> Path:
+    import torch
+
+    example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
+    if fmt == "torchscript":
+        path = out / "ensemble.torchscript.pt"
+        with torch.no_grad():
+            torch.jit.save(torch.jit.trace(graph, example, check_trace=False), str(path))
+        return path
+    path = out / "ensemble.onnx"
+    # torch.export-based exporter (onnxscript): it writes antialiased resizes (ONNX Resize, opset 18),
+    # which the TorchScript-based one cannot; the batch dimension stays free
+    with torch.no_grad():
+        torch.onnx.export(graph, (example,), str(path), input_names=["images"], output_names=["prob_fake"],
+                          dynamic_shapes={"images": {0: torch.export.Dim("batch")}}, dynamo=True,
+                          external_data=False, verbose=False)
+    return path
+
+
+def run_exported(path: Path, fmt: str, images: np.ndarray) -> np.ndarray:
+    """P(fake) of uint8 ``images`` from the exported file, as a deployment would run it."""
+    if len(images) == 0:
+        return np.zeros(0)
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(["prob_fake"], {"images": images})[0].astype(np.float64)
+    import torch
+
+    with torch.no_grad():
+        return torch.jit.load(str(path))(torch.from_numpy(images)).numpy().astype(np.float64)
+
+
+def model_card(doc: dict, members, calibration, fmt: str, size: int, check: dict | None) -> str:
+    """Markdown: what the model is, what it was trained and selected on, its test metrics with
+    intervals, how to call it, and its known limits."""
+    comp = (doc.get("comparison") or {}).get("rows", {})
+    lines = [f"# dfsearch deepfake detector: {len(members)}-member ensemble ({fmt})", "",
+             "Calibrated P(fake) for face images: real camera photos vs generated or manipulated ones.", "",
+             "## Input and output", "",
+             f"- input `images`: uint8 RGB, shape (N, 3, {size}, {size}); decode to RGB and do not resize images "
+             f"that are already {size} x {size} (the networks look for pixel-level traces that resizing erases)",
+             f"- output `prob_fake`: float32 (N,), calibrated on the validation split (Platt)",
+             f"- decision: fake when prob_fake >= {calibration.threshold:.4f} (chosen on validation)"
+             + ("" if calibration.calibrated else " (this ensemble was not calibrated: raw average, 0.5)"), "",
+             "## Members", "", "| member | arch | weight | view | input filter |", "|---|---|---:|---|---|"]
+    for m in members:
+        d = m.describe()
+        lines.append(f"| {m.candidate} | {m.arch} | {m.weight:.3f} | {d['input_policy']} {d['img_size']} px, "
+                     f"{d['eval_view']} | {d['input_filter']} |")
+    lines += ["", "## Test metrics (95 % bootstrap intervals)", ""]
+    if comp:
+        lines += ["| | accuracy | ROC-AUC | ECE |", "|---|---|---|---:|"]
+        for name, row in comp.items():
+            t, ci = row["test"], row.get("ci", {})
+            cell = lambda k: f"{t[k]:.3f}" + (f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if ci.get(k) else "")  # noqa: E731
+            lines.append(f"| {name.replace('_', ' ')} | {cell('accuracy')} | {cell('roc_auc')} | {t.get('ece', float('nan')):.3f} |")
+        gain = (doc.get("comparison") or {}).get("gain", {}).get("accuracy")
+        if gain:
+            lines += ["", f"Ensemble minus best single, accuracy: {gain['diff']:+.3f} [{gain['ci'][0]:+.3f}, "
+                          f"{gain['ci'][1]:+.3f}] (paired)."]
+        per = (doc.get("comparison") or {}).get("per_source") or {}
+        if per:
+            lines += ["", "Per fake source (its fakes against all real test images), ROC-AUC:", ""]
+            lines += [f"- {src}: " + ", ".join(f"{k.replace('_', ' ')} {v['roc_auc']:.3f}" for k, v in rows.items()
+                                                if isinstance(v, dict) and "roc_auc" in v)
+                      for src, rows in per.items()]
+    else:
+        lines.append("Not recorded in ensemble.json (written before the side-by-side comparison): run "
+                     "`dfsearch evaluate --ensemble ...` on labelled data.")
+    lines += ["", "## Data", "", f"- selected on the validation split of the search's data; store: `{doc.get('source', '?')}`",
+              "", "## Known limits", "",
+              "- It detects the generators and manipulations of its training data; on unseen ones accuracy can fall to "
+              "chance (on dfsearch's own benchmark a held-out generator family scored AUC 0.44-0.64: BENCHMARKS.md "
+              "section 9). Evaluate on your own data before relying on it (`dfsearch evaluate`).",
+              "- Re-compression, resizing and blurring remove the traces it uses: images that went through a social "
+              "network may score as real.",
+              "- Calibration holds for data like the validation split; a different share of fakes shifts the best threshold."]
+    if check:
+        lines += ["", f"Checked against `dfsearch predict` on {check['images']} images: max |difference| "
+                      f"{check['max_abs_diff']:.2e}."]
+    return "\n".join(lines) + "\n"
+
+
+def export(ensemble_json: Path, fmt: str, out: Path, size: int | None = None, check_paths=()) -> dict:
+    """Write the graph, ``model.json`` and ``MODEL_CARD.md`` to ``out``; returns the summary."""
+    import torch
+
+    from dfsearch.predict import _read_ensemble, find_images, load_ensemble, predict_images
+
+    if fmt not in FORMATS:
+        raise DfsearchError(f"--format {fmt}: accepted: {', '.join(FORMATS)}")
+    files, missing = find_images(check_paths) if check_paths else ([], [])
+    if missing:
+        raise DfsearchError(f"--check {missing[0]['path']}: {missing[0]['reason']}")
+    members, calibration = load_ensemble(ensemble_json)
+    size = size or input_size(members)
+    check_size(members, size)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        graph = _torch_graph(members, calibration, size)
+    path = _write(graph, fmt, size, out)
+    summary = {"format": fmt, "path": str(path), "input": {"name": "images", "dtype": "uint8", "shape": ["N", 3, size, size],
+               "channels": "RGB"}, "output": {"name": "prob_fake", "dtype": "float32", "shape": ["N"]},
+               "threshold": calibration.threshold, "calibrated": calibration.calibrated,
+               "members": [m.describe() for m in members], "ensemble": str(ensemble_json)}
+    check = None
+    if files:
+        images, good, skipped = _load_images(files, size)
+        if not good:
+            raise DfsearchError(f"--check: none of the {len(files)} images is a readable {size} x {size} image "
+                                f"({skipped[0]['path']}: {skipped[0]['reason']})")
+        want = np.array([p["prob_fake"] for p in predict_images(members, good, calibration=calibration)[0]])
+        got = run_exported(path, fmt, images)
+        check = {"images": len(good), "skipped": skipped, "max_abs_diff": float(np.max(np.abs(got - want)))}
+        summary["check"] = check
+        if check["max_abs_diff"] > TOLERANCE:
+            raise DfsearchError(f"the exported {fmt} graph differs from dfsearch predict by up to "
+                                f"{check['max_abs_diff']:.2e} on --check images (tolerance {TOLERANCE:g}); "
+                                f"{path} is kept for inspection")
+    (out / "model.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "MODEL_CARD.md").write_text(model_card(_read_ensemble(Path(ensemble_json)), members, calibration, fmt,
+                                                  size, check))
+    return summary
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("export", help="the ensemble as one ONNX / TorchScript graph (uint8 images in, "
+                                             "calibrated P(fake) out) with a model card")
+    p.add_argument("--ensemble", required=True, help="ensemble.json written by the ensemble command")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, help="folder for the graph, model.json and MODEL_CARD.md")
+    p.add_argument("--size", type=int, help="input side in pixels (default: the largest crop a member takes)")
+    p.add_argument("--check", nargs="+", default=[], metavar="PATH",
+                   help="images (files or folders) to compare the exported graph with dfsearch predict on")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    if args.size is not None and args.size < 1:
+        raise DfsearchError(f"--size {args.size}: need >= 1")
+    summary = export(Path(args.ensemble), args.format, Path(args.out), args.size, args.check)
+    if args.json:
+        print(json.dumps(summary, default=str))
+        return 0
+    print(f"wrote {summary['path']}: uint8 RGB (N, 3, {summary['input']['shape'][2]}, {summary['input']['shape'][3]}) "
+          f"-> calibrated P(fake); fake when >= {summary['threshold']:.4f}")
+    if "check" in summary:
+        c = summary["check"]
+        print(f"checked on {c['images']} images against dfsearch predict: max |difference| {c['max_abs_diff']:.2e}"
+              + (f" ({len(c['skipped'])} skipped: not {summary['input']['shape'][2]} px or unreadable)"
+                 if c["skipped"] else ""))
+    print(f"model card: {Path(args.out) / 'MODEL_CARD.md'}")
+    return 0
