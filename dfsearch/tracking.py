@@ -6,7 +6,9 @@ stderr and the command carries on without logging.
 
 ``resolve_mode(requested) -> "online" | "offline" | "disabled"``
     ``online`` only when credentials exist (``WANDB_API_KEY`` or a ``~/.netrc`` entry for the W&B
-    host); otherwise ``offline``, said once per process on stderr.
+    host) and the server answers (``server_error``: one TCP connect, ``PROBE_TIMEOUT_S``);
+    otherwise ``offline``, said once per process on stderr with the ``wandb sync`` to run later,
+    so an unreachable server costs one probe, not an init timeout per run.
 ``start_run(mode, project, group, job_type, name, config, dir) -> run | None``
     ``wandb.init`` with a short ``init_timeout``; offline run files land in ``<dir>/wandb/``.
 ``log``, ``log_table``, ``log_images``, ``finish``
@@ -22,7 +24,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 MODES = ("online", "offline", "disabled")
-INIT_TIMEOUT_S = 15.0  # an unreachable server costs at most this long, then we log nothing
+INIT_TIMEOUT_S = 15.0  # a server that answers the probe but not wandb.init: at most this long, then offline
+PROBE_TIMEOUT_S = 3.0
 DEFAULT_HOST = "api.wandb.ai"
 
 _said_offline = False  # the "no credentials" notice is printed once per process
@@ -43,6 +46,29 @@ def has_credentials() -> bool:
         return netrc.netrc(path).authenticators(host) is not None
     except (OSError, netrc.NetrcParseError):
         return False
+
+
+def server_error(timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when the W&B server (``WANDB_BASE_URL``, default https://api.wandb.ai) accepts a TCP
+    connection within ``timeout``; else why not."""
+    import socket
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or f"https://{DEFAULT_HOST}")
+    host, port = url.hostname or DEFAULT_HOST, url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return None
+    except OSError as e:
+        return f"{host}:{port}: {type(e).__name__}: {e}"
+
+
+def _offline_notice(dir, why: str) -> None:
+    global _said_offline
+    if not _said_offline:
+        where = Path(dir) / "wandb" if dir is not None else Path("wandb")
+        print(f"W&B: {why}, logging offline to {where} (upload later: `wandb sync {where}/offline-run-*`)",
+              file=sys.stderr)
+        _said_offline = True
 
 
 def resolve_mode(requested: str | None, dir: str | Path | None = None) -> str:
@@ -67,14 +93,13 @@ def resolve_mode(requested: str | None, dir: str | Path | None = None) -> str:
             mode = None
     if mode in ("offline", "disabled"):
         return mode
-    if has_credentials():
-        return "online"
-    if not _said_offline:
-        where = Path(dir) / "wandb" if dir is not None else Path("wandb")
-        print(f"W&B: no credentials found, logging offline to {where} (sync later with `wandb sync`)",
-              file=sys.stderr)
-        _said_offline = True
-    return "offline"
+    if not has_credentials():
+        _offline_notice(dir, "no credentials found")
+        return "offline"
+    if (why := server_error()) is not None:
+        _offline_notice(dir, f"the server cannot be reached ({why})")
+        return "offline"
+    return "online"
 
 
 def start_run(mode: str, project: str, group: str | None, job_type: str, name: str | None,
@@ -93,8 +118,11 @@ def start_run(mode: str, project: str, group: str | None, job_type: str, name: s
             settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, quiet=True, console="off"),
         )
     except Exception as e:  # network, auth, bad settings, a broken install: never fatal
+        if mode == "online":  # the server went away or refused: keep this run offline, nothing lost
+            _warn(f"could not start an online run ({type(e).__name__}: {e}); keeping it offline")
+            return start_run("offline", project, group, job_type, name, config, dir)
         _warn(f"could not start a {mode} run ({type(e).__name__}: {e}); continuing without W&B "
-              f"logging (use --wandb-mode offline or disabled)")
+              f"logging (use --wandb-mode disabled)")
         return None
 
 

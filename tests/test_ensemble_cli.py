@@ -278,30 +278,47 @@ def test_default_run_is_the_latest_under_runs(run_dir, tmp_path, monkeypatch):
     assert rc == 2 and "no run found" in err
 
 
-def test_wandb_mode_needs_credentials_for_online(tmp_path, monkeypatch, capsys):
+def test_wandb_goes_online_only_with_credentials_and_a_server_that_answers(tmp_path, monkeypatch, capsys):
+    import socket
+    import time
+
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("NETRC", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
+    server = socket.socket()  # stands for a W&B server: it accepts connections
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
     monkeypatch.setattr(tracking, "_said_offline", False)
     assert tracking.resolve_mode(None, dir=tmp_path / "out") == "offline"
     assert tracking.resolve_mode("online") == "offline"  # no credentials: never online
     err = capsys.readouterr().err
     assert err.count("no credentials found") == 1 and str(tmp_path / "out" / "wandb") in err
     assert tracking.resolve_mode("disabled") == "disabled"
-    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    (tmp_path / ".netrc").write_text("machine 127.0.0.1\n  login user\n  password " + "k" * 40 + "\n")
     (tmp_path / ".netrc").chmod(0o600)
     assert tracking.resolve_mode(None) == "online"
     (tmp_path / ".netrc").unlink()
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
     assert tracking.resolve_mode(None) == "online"
     assert tracking.resolve_mode("offline") == "offline"
-    # wandb failures never raise: None and a warning
+    server.close()
+    # credentials, but nothing listens: offline at once, said once with the `wandb sync` to run later
+    monkeypatch.setattr(tracking, "_said_offline", False)
+    t0 = time.time()
+    assert tracking.resolve_mode("online", dir=tmp_path / "run") == "offline"
+    assert tracking.resolve_mode("online", dir=tmp_path / "run") == "offline"
+    assert time.time() - t0 < 2 * tracking.PROBE_TIMEOUT_S
+    err = capsys.readouterr().err
+    assert err.count("the server cannot be reached") == 1 and f"wandb sync {tmp_path / 'run' / 'wandb'}" in err
+    # a server that goes away after the probe: that run is kept offline, nothing lost, nothing raised
     monkeypatch.setattr(tracking, "INIT_TIMEOUT_S", 1.0)
-    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
     run = tracking.start_run("online", "dfsearch", "g", "ensemble", "n", {"a": 1}, tmp_path / "w")
-    assert run is None and "continuing without W&B" in capsys.readouterr().err
+    assert run is not None and run.settings.mode == "offline" and "keeping it offline" in capsys.readouterr().err
+    tracking.log(run, {"a": 1})
+    tracking.finish(run)
+    assert list((tmp_path / "w" / "wandb").glob("offline-run-*"))
     for fn, args in ((tracking.log, ({"a": 1},)), (tracking.log_table, ("t", pd.DataFrame())),
                      (tracking.log_images, ({"x": "x.png"},)), (tracking.finish, ())):
         fn(None, *args)

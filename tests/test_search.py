@@ -51,10 +51,18 @@ def seq(request, ray_local, easy_data, tmp_path_factory):
     (the default). (Trials are deterministic under the seed: with seed 3 the 4th is pruned.)"""
     out = tmp_path_factory.mktemp("search")
     n = 4
+    # W&B online with credentials, its server down (a closed local port): the search keeps every run
+    # offline (test_every_trial_is_a_wandb_run_with_config_and_metrics reads them) after one probe
     argv = ["--space", TINY, "--data", easy_data, "--out", out, "--name", "seq", "--num-samples", n,
-            "--max-epochs", 2, "--workers-per-trial", 2, "--max-concurrent", 1, "--wandb-mode", "offline",
+            "--max-epochs", 2, "--workers-per-trial", 2, "--max-concurrent", 1, "--wandb-mode", "online",
             "--seed", 3] + (["--no-pool"] if request.param == "no-pool" else [])
-    rc = driver.run(_args(argv))
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_API_KEY", "k" * 40)
+        mp.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+        rc = driver.run(_args(argv))
     run = out / "seq"
     pids = {}  # trial -> the pid of its rank-0 worker process, per epoch
     for d in run.iterdir():

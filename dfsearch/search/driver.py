@@ -206,6 +206,8 @@ def finish(grid, space, profile, spec, options, folder, mode: str, wall: float, 
     tracking.log_images(run, optuna_plots(run_dir, folder.name))
     tracking.finish(run)
     report = results.summary(df, space, run_dir, wall)
+    if mode == "offline":
+        report.update(wandb_sync=f"wandb sync {shlex.quote(str(run_dir / 'wandb'))}/offline-run-*")
     if interrupted:
         report.update(interrupted=interrupted, next=folder.resume_command())
     if target is not None:

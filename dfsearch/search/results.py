@@ -111,6 +111,8 @@ def format_summary(r: dict) -> str:
         lines.append(f"\n  copied to:   {r['uri']}" + ("" if r["copied"] else "  (FAILED: see above)"))
     lines.append(f"  local copy:  {r['run_dir']}" if r.get("uri") else f"\n  run dir:     {r['run_dir']}")
     lines.append(f"  trials:      {r['files']['trials']}")
+    if r.get("wandb_sync"):
+        lines.append(f"  W&B runs:    offline; upload with `{r['wandb_sync']}`")
     lines.append(f"  predictions: {r['files']['predictions']}")
     lines.append(f"\n  next: {r['next']}")
     return "\n".join(lines)
