@@ -256,7 +256,8 @@ def export(ensemble_json: Path, fmt: str, out: Path, size: int | None = None, ch
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("export", help="the ensemble as one ONNX / TorchScript graph (uint8 images in, "
                                              "calibrated P(fake) out) with a model card")
-    p.add_argument("--ensemble", required=True, help="ensemble.json written by the ensemble command")
+    p.add_argument("--ensemble", required=True, help="ensemble.json written by the ensemble command (a path, or "
+                                                     "a URI: s3://.../<run>/ensemble/ensemble.json)")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", required=True, help="folder for the graph, model.json and MODEL_CARD.md")
     p.add_argument("--size", type=int, help="input side in pixels (default: the largest crop a member takes)")
@@ -268,8 +269,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from dfsearch.predict import fetch_ensemble
+    from dfsearch.remote import is_uri
+
     if args.size is not None and args.size < 1:
         raise DfsearchError(f"--size {args.size}: need >= 1")
+    if is_uri(args.ensemble):  # URI/<run>/ensemble/ensemble.json: fetched as predict does
+        args.ensemble = fetch_ensemble(args.ensemble)
     summary = export(Path(args.ensemble), args.format, Path(args.out), args.size, args.check)
     if args.json:
         print(json.dumps(summary, default=str))
