@@ -148,17 +148,17 @@ def _ray_versions(doc: dict, installed: str | None) -> list[Finding]:
 
         installed = ray.__version__
     pins = [(w, m.group(1)) for w, s in _strings(doc) for m in (*RAY_IMAGE.finditer(s), *RAY_PIN.finditer(s))]
+    found = []
     if doc.get("kind") in KUBERAY_KINDS:
-        v = (doc.get("spec") or {}).get("rayVersion") or ((doc.get("spec") or {}).get("rayClusterSpec") or {}).get(
-            "rayVersion")
+        spec = doc.get("spec") or {}
+        v = spec.get("rayVersion") or (spec.get("rayClusterSpec") or spec.get("rayClusterConfig") or {}).get("rayVersion")
         pins += [("spec/rayVersion", str(v))] if v else []
         if not v:
-            return [Finding("warning", "spec/rayVersion", f"not set: pin the image's Ray (here {installed})")]
+            found.append(Finding("warning", "spec/rayVersion", f"not set: pin the image's Ray (here {installed})"))
     elif not pins:
         return [Finding("warning", "", f"pins no Ray version (an image rayproject/ray:X or ray==X): nodes may install "
                                        f"another Ray than this machine's {installed}, which Ray refuses to connect")]
     verified = ",".join(VERIFIED_RAY)
-    found = []
     for where, v in pins:
         if v != installed:
             found.append(Finding("error", where, f"Ray {v}, but this machine has Ray {installed}: Ray refuses a "

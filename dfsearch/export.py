@@ -79,7 +79,7 @@ def _torch_graph(members, calibration, size: int):
             from dfsearch.models import prob_fake
 
             x = images.float() / 255.0
-            total = torch.zeros(images.shape[0], dtype=torch.float32, device=images.device)
+            total = images.new_zeros(images.shape[0], dtype=torch.float32)  # on the input's device, traced or not
             for i, (net, view) in enumerate(zip(self.nets, self.views)):
                 v = (self._view(x, view) - getattr(self, f"mean{i}")) / getattr(self, f"std{i}")
                 p = prob_fake(net(v)).float().view(images.shape[0], -1).mean(dim=1)
@@ -99,9 +99,9 @@ def input_size(members) -> int:
 
 def check_size(members, size: int) -> None:
     for m in members:
-        if m.view.policy == "native" and size != m.view.img_size:
-            raise DfsearchError(f"--size {size}: member {m.candidate!r} sees whole images of {m.view.img_size} px "
-                                f"(input_policy native); export with --size {m.view.img_size}")
+        if m.view.policy == "native" and size != m.view.crop:  # (zoomed to img_size inside the graph)
+            raise DfsearchError(f"--size {size}: member {m.candidate!r} sees whole images of {m.view.crop} px "
+                                f"(input_policy native); export with --size {m.view.crop}")
         if m.view.policy in ("crop", "auto") and size < m.view.crop:
             raise DfsearchError(f"--size {size}: member {m.candidate!r} crops {m.view.crop} px; use --size >= "
                                 f"{m.view.crop}")

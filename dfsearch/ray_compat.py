@@ -10,9 +10,10 @@ installed Ray and fails loudly when an upgrade changes one.
    the trials, saves its state, ``fit()`` returns) on SIGUSR1 once its own SIGINT handler is turned
    off with ``TUNE_DISABLE_SIGINT_HANDLER``; no public call does that from another thread or a
    signal handler.
-4. ``worker_lost(error)``: whether a failed Train run lost a worker process or its node (Ray
-   Train's own ``WorkerHealthCheck*Error`` wrappers, private) rather than a rank raising an
-   exception of the trial's own (``UserExceptionWithTraceback``, private too).
+4. ``worker_lost(error)`` / ``startup_waiting(error)``: whether a failed Train run lost a worker
+   process or its node (Ray Train's own ``WorkerHealthCheck*Error`` wrappers, private) rather than
+   a rank raising an exception of the trial's own; whether it only could not start its worker
+   group in time (``WorkerGroupStartupTimeoutError``, private).
 """
 
 from __future__ import annotations
@@ -96,22 +97,40 @@ def worker_lost(error: BaseException | None) -> bool:
     node went away (``kill -9``, OOM killer, a reclaimed spot node), not because the trial's own
     code raised. Such a trial did nothing wrong and can resume from its latest checkpoint.
 
-    A ``WorkerGroupError`` maps each failed rank to its exception: the trial's own exceptions come
-    wrapped as ``UserExceptionWithTraceback``; a dead or unreachable worker as
-    ``WorkerHealthCheckFailedError`` (wrapping ``RayActorError``) or ``...TimeoutError``. One dead
-    rank is enough: the surviving ranks then fail in a collective ("Connection closed by peer"),
-    collateral damage that Train reports as their own exceptions (Ray's ``DefaultFailurePolicy``
-    reasons the same way about preemption). A run that dies with its controller (its node gone)
-    raises ``RayActorError`` itself."""
+    A ``WorkerGroupError`` maps each failed rank to its exception, as Train's controller polled
+    them before it shut the group down: the trial's own exceptions come unwrapped (Train strips its
+    ``UserExceptionWithTraceback``); a dead or unreachable worker as ``WorkerHealthCheckFailedError``
+    (wrapping ``RayActorError``) or ``...TimeoutError``. One dead rank is enough: the surviving ranks
+    then fail in a collective ("Connection closed by peer"), collateral damage that Train reports as
+    their own exceptions (Ray's ``DefaultFailurePolicy`` reasons the same way about preemption);
+    a survivor's collateral error polled before the dead rank's health check failed counts too
+    (``peer_gone``). A run that dies with its controller (its node gone) raises ``RayActorError``."""
     from ray.exceptions import NodeDiedError, RayActorError
     from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError, WorkerHealthCheckTimeoutError
     from ray.train.v2.api.exceptions import ControllerError, PreemptionError, WorkerGroupError
 
-    system = (RayActorError, NodeDiedError, WorkerHealthCheckFailedError, WorkerHealthCheckTimeoutError)
-    if isinstance(error, (PreemptionError, *system)):
+    if isinstance(error, (PreemptionError, RayActorError, NodeDiedError)):
         return True
     if isinstance(error, ControllerError):
         return isinstance(error.controller_failure, (RayActorError, NodeDiedError))
     if isinstance(error, WorkerGroupError):
-        return any(isinstance(f, system) for f in error.worker_failures.values())
+        return any(isinstance(f, (WorkerHealthCheckFailedError, WorkerHealthCheckTimeoutError)) or peer_gone(f)
+                   for f in error.worker_failures.values())
     return False
+
+
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")  # gloo's words
+
+
+def peer_gone(e: BaseException) -> bool:
+    """A rank's collective (gloo) failed because another rank's process went away."""
+    return any(w in str(e) for w in PEER_GONE)
+
+
+def startup_waiting(error: BaseException | None) -> bool:
+    """Whether a Train run failed only because its worker group could not start in time (the
+    cluster has no room for it now: a node lost, or the autoscaler still starting one)."""
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+    from ray.train.v2.api.exceptions import ControllerError
+
+    return isinstance(error, ControllerError) and isinstance(error.controller_failure, WorkerGroupStartupTimeoutError)

@@ -77,21 +77,29 @@ def test_tune_stops_gracefully_on_its_stop_signal_and_only_listens_while_it_runs
 
 
 def test_a_dead_worker_is_told_apart_from_the_trial_s_own_exception():
-    """``worker_lost`` reads Ray Train's failure types: a rank's own exception (and the collateral
-    errors of the surviving ranks) is the trial's; a dead or unreachable worker process, a dead
-    node or controller, a preemption is not."""
+    """``worker_lost`` reads Ray Train's failure types: a rank's own exception is the trial's; a
+    dead or unreachable worker process, a survivor's collective failing on its lost peer, a dead
+    node or controller, a preemption is not. ``startup_waiting``: no room to start, nothing lost."""
     from ray.exceptions import ActorDiedError
     from ray.train.v2._internal.exceptions import (UserExceptionWithTraceback, WorkerGroupStartupTimeoutError,
                                                    WorkerHealthCheckFailedError, WorkerHealthCheckTimeoutError)
+    from ray.train.v2._internal.execution.worker_group.poll import WorkerGroupPollStatus, WorkerStatus
     from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
 
-    own = UserExceptionWithTraceback(RuntimeError("the trial's bug"), "Traceback ...")
-    collateral = UserExceptionWithTraceback(RuntimeError("Connection closed by peer"), "Traceback ...")
+    own = RuntimeError("the trial's bug")
+    collateral = RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:14773")
     dead = WorkerHealthCheckFailedError("worker 1 died", ActorDiedError())
-    assert not ray_compat.worker_lost(WorkerGroupError("x", {0: own}))
+    # what Train's controller records: the trial's exceptions unwrapped, a dead worker's health check wrapped
+    polled = WorkerGroupPollStatus({0: WorkerStatus(False, UserExceptionWithTraceback(own, "Traceback ...")),
+                                    1: WorkerStatus(True)}).get_worker_group_error()
+    assert polled.worker_failures == {0: own} and not ray_compat.worker_lost(polled)
+    assert not ray_compat.worker_lost(WorkerGroupError("x", {0: ActorDiedError()}))  # raised by the trial's code
     assert ray_compat.worker_lost(WorkerGroupError("x", {0: collateral, 1: dead}))
+    assert ray_compat.worker_lost(WorkerGroupError("x", {0: collateral}))  # polled before the peer's health check
     assert ray_compat.worker_lost(WorkerGroupError("x", {1: WorkerHealthCheckTimeoutError("hung")}))
     assert ray_compat.worker_lost(ActorDiedError())  # the run's controller went with its node
     assert ray_compat.worker_lost(ControllerError(ActorDiedError()))
-    assert not ray_compat.worker_lost(ControllerError(WorkerGroupStartupTimeoutError(2)))  # cannot start: not lost
+    cannot_start = ControllerError(WorkerGroupStartupTimeoutError(2))
+    assert not ray_compat.worker_lost(cannot_start) and ray_compat.startup_waiting(cannot_start)
+    assert not ray_compat.startup_waiting(polled)
     assert not ray_compat.worker_lost(ValueError("x")) and not ray_compat.worker_lost(None)

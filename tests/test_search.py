@@ -227,6 +227,20 @@ def test_a_trial_whose_ddp_worker_is_killed_resumes_from_its_checkpoint_and_says
     assert sorted(pd.read_parquet(out / "kill" / store.CANDIDATES_FILE).candidate) == sorted(t.index)
 
 
+def test_a_rank_s_own_error_fails_its_trial_even_when_the_other_rank_dies_in_a_collective(ray_local, easy_data,
+                                                                                          tmp_path, faults):
+    """Rank 0 raises as epoch 2 starts while rank 1 trains on into DDP's all-reduce: when Train shuts
+    the group down, rank 1's collective fails too ("Connection closed by peer"). That is collateral:
+    the trial fails at once with rank 0's error, not retried as if a worker had been lost."""
+    faults({"small_cnn": {"kind": "raise", "after_epoch": 1, "rank": 0}})
+    rc = driver.run(_args(["--space", TINY, "--data", easy_data, "--out", tmp_path, "--name", "own",
+                           "--num-samples", 1, "--max-epochs", 3, "--scheduler", "fifo", "--workers-per-trial", 2,
+                           "--wandb-mode", "disabled"]))
+    t = pd.read_parquet(tmp_path / "own" / TRIALS_FILE)
+    assert rc == 1 and list(t.status) == ["failed"] and "injected fault" in t.reason[0], t.reason[0]
+    assert list(t.retries) == [0] and list(t.epochs) == [1]
+
+
 def test_a_pool_that_cannot_start_fails_the_trials_instead_of_waiting(ray_local, easy_data, tmp_path, faults):
     faults({"pool": {"kind": "raise"}})
     t0 = time.time()

@@ -61,8 +61,11 @@ def use_cache(setting: str, estimated_bytes: int, folder: Path | None = None) ->
     if setting != "auto":
         return setting == "on"
     folder = folder or cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    return estimated_bytes <= DISK_SHARE * shutil.disk_usage(folder).free
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return estimated_bytes <= DISK_SHARE * shutil.disk_usage(folder).free
+    except OSError:  # a read-only or missing cache folder: decode the files, as without a cache
+        return False
 
 
 def _decode(path: str):
@@ -114,6 +117,8 @@ def open_or_build(root: str, items: list, *, folder: Path | None = None, workers
         fcntl.flock(lock, fcntl.LOCK_EX)  # the other ranks of this node wait here while one builds
         try:
             if not (final / "index.npy").exists():
+                for stale in base.glob(f"{key}.partial-*"):  # a build killed midway (we hold the lock)
+                    shutil.rmtree(stale, ignore_errors=True)
                 _build(root, items, final, workers, progress)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)

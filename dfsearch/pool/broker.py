@@ -81,9 +81,7 @@ class Broker:
 
     def raised(self, trial_id: str, failure: TrialFailed) -> None:
         with self._cv:
-            first = self._raised.setdefault(trial_id, failure)  # the first rank's: the others' may be collateral
-            if failure.collective and not first.collective:  # ...unless a later one says a peer is gone
-                self._raised[trial_id] = failure
+            self._raised.setdefault(trial_id, failure)  # the first rank's: the others' may be collateral
 
     def wait_decision(self, trial_id: str, epoch: int, timeout: float) -> Decision:
         def decided():
@@ -121,7 +119,7 @@ class Broker:
         raised = self._raised.pop(trial_id, None)
         if self._decision.get(trial_id) == STOP:
             pass  # Tune ended it already: nobody listens
-        elif lost or (raised is not None and raised.collective):
+        elif lost:
             self._inbox[trial_id].append(TrialLost(f"trial {trial_id} lost a worker: {why}"))
         else:
             self._inbox[trial_id].append(raised or TrialFailed(f"trial {trial_id} failed: {why}"))

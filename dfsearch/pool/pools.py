@@ -11,6 +11,8 @@ import ray
 from dfsearch.pool.broker import Broker
 
 CRASH_RESTARTS = 2  # a pool gives up after this many failed starts in a row without taking a trial
+WAIT_FOR_ROOM_S = 600.0  # ...or after this long of starts that found no room for its workers (a lost
+                         # node, an autoscaler still starting one) without taking a trial
 
 
 def pool_loop_per_worker(cfg: dict) -> None:
@@ -29,22 +31,26 @@ def _error_text(error: BaseException) -> str:
 @ray.remote(num_cpus=0, max_retries=0)
 def _run_pool(pool_id: int, broker, index, scaling: dict, storage: str, name: str) -> None:
     """Run one pool's TorchTrainer until the broker shuts it down; after a failure start a fresh
-    one, unless the pool keeps failing without taking a trial (then tell the broker it gave up).
-    Every failure ends the run (no retry inside Ray Train, preemption included): the broker must
-    hear of each, to fail or resubmit the trial the run had."""
+    one, unless the pool keeps failing without taking a trial (then tell the broker it gave up):
+    ``CRASH_RESTARTS`` failures of its own, or ``WAIT_FOR_ROOM_S`` of starts that found no room.
+    Every failure ends the run (no retry inside Ray Train, preemption and start-up included): the
+    broker must hear of each, to fail or resubmit the trial the run had."""
+    import time
+
     from ray.train import FailureConfig, RunConfig
 
     from dfsearch.cluster import scaling_config
-    from dfsearch.ray_compat import trainer_class, worker_lost
+    from dfsearch.ray_compat import startup_waiting, trainer_class, worker_lost
 
-    idle_failures = 0
+    idle_failures, waiting_since = 0, None
     for attempt in itertools.count():
         try:
             error = trainer_class()(
                 pool_loop_per_worker, train_loop_config={"broker": broker, "pool_id": pool_id, "index": index},
                 scaling_config=scaling_config(**scaling),
                 run_config=RunConfig(name=f"{name}-{attempt}", storage_path=storage,
-                                     failure_config=FailureConfig(max_failures=0, max_preemption_failures=0)),
+                                     failure_config=FailureConfig(max_failures=0, max_preemption_failures=0,
+                                                                  controller_failure_limit=0)),
             ).fit().error
         except Exception as e:  # Train V2 raises when a run fails
             error = e
@@ -54,8 +60,13 @@ def _run_pool(pool_id: int, broker, index, scaling: dict, storage: str, name: st
         taken = ray.get(broker.pool_crashed.remote(pool_id, text, worker_lost(error)))
         if taken is None:
             return
-        idle_failures = 0 if taken else idle_failures + 1
-        if idle_failures > CRASH_RESTARTS:
+        if taken:
+            idle_failures, waiting_since = 0, None
+        elif startup_waiting(error):
+            waiting_since = waiting_since or time.monotonic()
+        else:
+            idle_failures += 1
+        if idle_failures > CRASH_RESTARTS or (waiting_since and time.monotonic() - waiting_since > WAIT_FOR_ROOM_S):
             ray.get(broker.pool_failed.remote(pool_id, text))
             return
 

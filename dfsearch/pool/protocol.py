@@ -37,9 +37,9 @@ ends the run the same way, but the trial did nothing wrong: it gets ``TrialLost`
 trainable submits it again from its latest checkpoint (``--max-failures`` times at most), to
 whichever pool takes it first. Which of the two happened is read from the run's error
 (``ray_compat.worker_lost``), after the run ended: the surviving ranks of a run that lost one fail
-too ("Connection closed by peer"), so a rank's exception is held by the broker until then; a rank
-whose collective failed (``TrialFailed.collective``) also means a lost peer, should Train have seen
-that rank's error before the peer's death. A pool
+too ("Connection closed by peer"), so a rank's exception is held by the broker until then, and the
+verdict comes from the rank failures Train recorded before it shut the group down (the ranks a
+shutdown unblocks fail in their collectives too, after a rank's own error). A pool
 whose runs keep failing before they take any trial (it cannot start) gives up after
 ``pools.CRASH_RESTARTS`` tries, and the trials fail with its error instead of waiting for ever.
 """
@@ -89,7 +89,6 @@ class TrialDone:
 class TrialFailed:
     error: str
     traceback: str = ""
-    collective: bool = False  # a collective (gloo / nccl) failed under this rank: a peer is gone
 
 
 @dataclass(frozen=True)

@@ -79,17 +79,6 @@ class PoolSession:
         return broadcast(go)
 
 
-PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")  # gloo's words
-
-
-def collective_failure(e: BaseException) -> bool:
-    """Whether ``e`` is a collective (gloo / nccl) that failed because a peer rank went away,
-    rather than the trial's own error."""
-    import torch.distributed as dist
-
-    return isinstance(e, getattr(dist, "DistNetworkError", ())) or any(w in str(e) for w in PEER_GONE)
-
-
 def run_trial(broker, job: Job, index, rank: int) -> None:
     """Run one trial on this worker and tell the broker how it ended. A trial that raises hands
     the broker its error and re-raises: that ends this Train run (another rank may be stuck in a
@@ -103,8 +92,7 @@ def run_trial(broker, job: Job, index, rank: int) -> None:
         train_loop({**asdict(job.request), "index": index}, session)
     except BaseException as e:
         with contextlib.suppress(Exception):
-            ray.get(broker.raised.remote(job.trial_id, TrialFailed(f"{type(e).__name__}: {e}", traceback.format_exc(),
-                                                                   collective=collective_failure(e))))
+            ray.get(broker.raised.remote(job.trial_id, TrialFailed(f"{type(e).__name__}: {e}", traceback.format_exc())))
         raise
     if rank == 0:
         if session.last is not None and not session.cut:  # it ended (not cut short by the search's end)
