@@ -50,8 +50,12 @@ def has_credentials() -> bool:
 
 def server_error(timeout: float = PROBE_TIMEOUT_S) -> str | None:
     """None when the W&B server (``WANDB_BASE_URL``, default https://api.wandb.ai) accepts a TCP
-    connection within ``timeout``; else why not."""
+    connection within ``timeout``; else why not. Behind a proxy (``HTTPS_PROXY`` / ``HTTP_PROXY``)
+    a direct connection says nothing: no probe (None), W&B's own init timeout applies."""
     import socket
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
+        return None
 
     url = urlparse(os.environ.get("WANDB_BASE_URL") or f"https://{DEFAULT_HOST}")
     host, port = url.hostname or DEFAULT_HOST, url.port or (80 if url.scheme == "http" else 443)

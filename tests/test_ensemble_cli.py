@@ -305,6 +305,8 @@ def test_wandb_goes_online_only_with_credentials_and_a_server_that_answers(tmp_p
     assert tracking.resolve_mode("offline") == "offline"
     server.close()
     # credentials, but nothing listens: offline at once, said once with the `wandb sync` to run later
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(tracking, "_said_offline", False)
     t0 = time.time()
     assert tracking.resolve_mode("online", dir=tmp_path / "run") == "offline"
@@ -312,6 +314,9 @@ def test_wandb_goes_online_only_with_credentials_and_a_server_that_answers(tmp_p
     assert time.time() - t0 < 2 * tracking.PROBE_TIMEOUT_S
     err = capsys.readouterr().err
     assert err.count("the server cannot be reached") == 1 and f"wandb sync {tmp_path / 'run' / 'wandb'}" in err
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")  # a direct probe says nothing behind a proxy
+    assert tracking.server_error() is None and tracking.resolve_mode("online") == "online"
+    monkeypatch.delenv("HTTPS_PROXY")
     # a server that goes away after the probe: that run is kept offline, nothing lost, nothing raised
     monkeypatch.setattr(tracking, "INIT_TIMEOUT_S", 1.0)
     run = tracking.start_run("online", "dfsearch", "g", "ensemble", "n", {"a": 1}, tmp_path / "w")
