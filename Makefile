@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) run_search.py --space demo
 	$(PY) ensemble.py --top-k 4
+	$(VENV)/bin/dfsearch report  # the latest run: RUN_DIR/report.html, one self-contained page
 
 test: $(STAMP)   # the full suite, what CI runs: two processes, the Ray-heavy groups apart (tests/conftest.py)
+	bash tests/browser/install-chromium.sh   # Debian's chromium + chromedriver for tests/test_serve.py (no-op when present)
 	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadgroup --no-loadscope-reorder --durations=12
 
 test-fast: $(STAMP)   # the fast tier, for iteration: no test that starts Ray or a search

@@ -1,7 +1,7 @@
 """dfsearch: deepfake-detector search, ensembling and prediction.
 
 Subcommands ``inspect``, ``synth``, ``models``, ``train``, ``search``, ``ensemble``, ``predict``, ``evaluate``,
-``export``, ``cluster-check``: each parses its
+``export``, ``serve``, ``report``, ``cluster-check``: each parses its
 flags here (or in its own ``*_cli`` module) and hands plain values to one module."""
 
 from __future__ import annotations
@@ -85,6 +85,21 @@ def _add_cluster_check(sub):
     p.set_defaults(func=lambda a: __import__("dfsearch.cluster_config", fromlist=["run"]).run(a))
 
 
+def _add_serve(sub):
+    from dfsearch import serve  # imports neither torch nor Gradio
+
+    serve.add_parser(sub)
+
+
+def _add_report(sub):
+    p = sub.add_parser("report", help="one self-contained HTML page about a run: data, search, ensemble, commands")
+    p.add_argument("run", nargs="?", help="run folder (runs/<name>/ of a search, or a `dfsearch train --out` folder) "
+                                          "or its URI; default: the latest runs/*/ holding a predictions.parquet")
+    p.add_argument("--out", help="HTML file to write (default: RUN/report.html)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout: path, bytes, sections")
+    p.set_defaults(func=lambda a: __import__("dfsearch.report.cli", fromlist=["run"]).run(a))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dfsearch", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,11 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parser(sub)
     export.add_parser(sub)
     _add_cluster_check(sub)
+    _add_serve(sub)
+    _add_report(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dfsearch.commands import command_line
+
     args = build_parser().parse_args(argv)
+    args.command_line = command_line("dfsearch", argv)  # recorded in the run folder by what writes one
     return run_command(f"dfsearch {args.command}", args.func, args)
 
 

@@ -32,7 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dfsearch import remote, tracking
+from dfsearch import commands, remote, tracking
 from dfsearch.ensemble import METRICS, check_target_fpr  # numpy-free: the package loads its modules lazily
 from dfsearch.errors import DfsearchError, run_command
 
@@ -147,8 +147,14 @@ def _metrics_row(result: dict) -> dict:
     return out
 
 
-def log_to_wandb(result: dict, out: Path, group: str, mode: str, project: str) -> object | None:
-    """One W&B run for the ensemble; returns the finished run (or None)."""
+MISTAKES_SHOWN = 16  # rows of W&B's table of the most confident test mistakes
+
+
+def log_to_wandb(result: dict, out: Path, group: str, mode: str, project: str,
+                 store_dir: Path | None = None) -> object | None:
+    """One W&B run for the ensemble: the selection, metrics, plots, a table of the most confident
+    test mistakes (thumbnails where the dataset is known) and the ensemble as an artifact whose
+    inputs are its members' model artifacts; returns the finished run (or None)."""
     import pandas as pd
 
     config = {k: result[k] for k in ("top_k", "metric", "rounds", "nbest", "chance_z", "source")}
@@ -168,8 +174,43 @@ def log_to_wandb(result: dict, out: Path, group: str, mode: str, project: str) -
                           for m in ("accuracy", "roc_auc")},
                        **{f"compare/gain_{m}": d["diff"] for m, d in comp.get("gain", {}).items()}})
     tracking.log_images(run, {name.removesuffix(".png"): out / name for name in PLOTS})
+    if store_dir is not None:
+        _log_mistakes(run, result, store_dir)
+        _log_ensemble_artifact(run, result, out, group, store_dir)
     tracking.finish(run)
     return run
+
+
+def _log_mistakes(run, result: dict, store_dir: Path) -> None:
+    """``test_mistakes``: the ensemble's most confident wrong test predictions, with thumbnails."""
+    from dfsearch.ensemble.mistakes import confident_mistakes
+
+    try:
+        df = confident_mistakes(store_dir, result, "test", MISTAKES_SHOWN)
+    except Exception as e:  # a store the selection read cannot fail here; a bug must not fail the command
+        print(f"ensemble: note: no table of mistakes ({type(e).__name__}: {e})", file=sys.stderr)
+        return
+    root = tracking.dataset_root(store_dir)
+    images = {i: Path(root) / sid for i, sid in df.sample_id.items()} if root else {}
+    tracking.log_image_table(run, "test_mistakes", df, images)
+
+
+def _log_ensemble_artifact(run, result: dict, out: Path, group: str, store_dir: Path) -> None:
+    """ensemble.json and the plots as an "ensemble" artifact; its inputs, the members' models."""
+    from dfsearch.store import read_candidates
+
+    cands = read_candidates(store_dir)
+    trial_of = dict(zip(cands.candidate, cands.trial_id)) if cands is not None else {}
+    members = [{**{k: m.get(k) for k in ("candidate", "arch", "weight", "calibration")},
+                "model_artifact": tracking.model_artifact(group, trial_of[m["candidate"]])
+                if m["candidate"] in trial_of else None} for m in result["members"]]
+    tracking.log_artifact(
+        run, tracking.artifact_name("ensemble", group), "ensemble",
+        {"ensemble.json": out / "ensemble.json", **{p: out / p for p in PLOTS}},
+        {"members": members, "calibration": {k: result["calibration"][k] for k in ("slope", "intercept", "threshold")},
+         "test": {k: result["calibration"]["test"].get(k) for k in ("accuracy", "roc_auc")},
+         "source": result["source"]},
+        uses=[m["model_artifact"] for m in members if m["model_artifact"]])
 
 
 def run(args) -> int:
@@ -224,8 +265,10 @@ def run(args) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
+    commands.record(out.parent if out.parent == store_dir else out,
+                    getattr(args, "command_line", None) or commands.command_line("python ensemble.py", None))
     mode = tracking.resolve_mode(args.wandb_mode, dir=out)
-    log_to_wandb(result, out, group=store_dir.name, mode=mode, project=args.wandb_project)
+    log_to_wandb(result, out, group=store_dir.name, mode=mode, project=args.wandb_project, store_dir=store_dir)
     copied = None
     if target is not None and not args.out:
         copied = target.child(out.name)
@@ -249,6 +292,7 @@ def run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command_line = commands.command_line("python ensemble.py", argv)
     return run_command("ensemble", run, args)
 
 

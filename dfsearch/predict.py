@@ -200,16 +200,41 @@ def find_images(paths) -> tuple[list[Path], list[dict]]:
     return files, errors
 
 
+def score_images(members: list[Member], images: list, device: str = "cpu",
+                 calibration: Calibration = Calibration(),
+                 transforms: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(prob_fake, member_probs)`` for decoded RGB PIL ``images``: the ensemble's calibrated
+    P(fake), shape ``(N,)``, and each member's P(fake) through its own Platt map, shape
+    ``(len(members), N)``: the numbers the blend averages (``transforms``: ``{m.preprocessing:
+    build_transform(...)}``, built here when not given)."""
+    import torch
+
+    from dfsearch.data.loading import build_transform
+    from dfsearch.data.views import predict_probs
+    from dfsearch.ensemble.calibration import calibrate
+
+    if transforms is None:
+        transforms = {m.preprocessing: build_transform(*m.preprocessing) for m in members}
+    x = {key: torch.stack([tf(img) for img in images]).to(device) for key, tf in transforms.items()}
+    p = np.zeros(len(images), dtype=np.float64)
+    per_member = np.zeros((len(members), len(images)), dtype=np.float64)
+    with torch.no_grad():
+        for i, m in enumerate(members):
+            pm = predict_probs(m.model, x[m.preprocessing]).cpu().numpy().astype(np.float64)
+            per_member[i] = calibrate(pm, m.slope, m.intercept) if (m.slope, m.intercept) != (1.0, 0.0) else pm
+            p += m.weight * per_member[i]
+    if calibration.calibrated:
+        p = calibrate(p, calibration.slope, calibration.intercept)
+    return p, per_member
+
+
 def predict_images(members: list[Member], files: list[Path], batch_size: int = 64, device: str = "cpu",
                    progress: bool = False, calibration: Calibration = Calibration()) -> tuple[list[dict], list[dict]]:
     """``([{path, prob_fake, label}], [{path, reason}])`` for ``files``, in order."""
-    import torch
     from tqdm import tqdm
 
     from dfsearch.data.images import UnreadableImage, open_rgb
     from dfsearch.data.loading import build_transform
-    from dfsearch.data.views import predict_probs
-    from dfsearch.ensemble.calibration import calibrate
 
     transforms = {m.preprocessing: build_transform(*m.preprocessing) for m in members}
     predictions, errors = [], []
@@ -224,14 +249,7 @@ def predict_images(members: list[Member], files: list[Path], batch_size: int = 6
             except UnreadableImage as e:
                 errors.append({"path": str(f), "reason": e.reason})
         if images:
-            x = {key: torch.stack([tf(img) for img in images]).to(device) for key, tf in transforms.items()}
-            p = np.zeros(len(images), dtype=np.float64)
-            with torch.no_grad():
-                for m in members:
-                    pm = predict_probs(m.model, x[m.preprocessing]).cpu().numpy().astype(np.float64)
-                    p += m.weight * (calibrate(pm, m.slope, m.intercept) if (m.slope, m.intercept) != (1.0, 0.0) else pm)
-            if calibration.calibrated:
-                p = calibrate(p, calibration.slope, calibration.intercept)
+            p, _ = score_images(members, images, device, calibration, transforms)
             for f, pf in zip(good, p):
                 predictions.append({"path": str(f), "prob_fake": float(pf),
                                     "label": "fake" if pf >= calibration.threshold else "real"})

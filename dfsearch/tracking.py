@@ -13,10 +13,14 @@ stderr and the command carries on without logging.
     ``wandb.init`` with a short ``init_timeout``; offline run files land in ``<dir>/wandb/``.
 ``log``, ``log_table``, ``log_images``, ``finish``
     Thin wrappers around ``run.log`` / ``wandb.Table`` / ``wandb.Image`` / ``run.finish``.
+``write_dataset_manifest``, ``use_dataset``, ``log_artifact``
+    The lineage dataset -> trial (its best checkpoint, a "model" artifact) -> ensemble (an
+    "ensemble" artifact): real input edges online, names in the artifacts' metadata offline.
 """
 
 from __future__ import annotations
 
+import json
 import netrc
 import os
 import sys
@@ -119,7 +123,7 @@ def start_run(mode: str, project: str, group: str | None, job_type: str, name: s
         return wandb.init(
             mode=mode, project=project, group=group, job_type=job_type, name=name, config=config,
             dir=str(dir), reinit="create_new",
-            settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, quiet=True, console="off"),
+            settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, silent=True, console="off"),  # dfsearch says where runs go
         )
     except Exception as e:  # network, auth, bad settings, a broken install: never fatal
         if mode == "online":  # the server went away or refused: keep this run offline, nothing lost
@@ -162,6 +166,33 @@ def log_table(run, key: str, dataframe) -> None:
         _warn(f"table {key!r} not logged ({type(e).__name__}: {e})")
 
 
+def log_image_table(run, key: str, dataframe, images: dict, side: int = 128) -> None:
+    """``dataframe`` as a W&B table under ``key`` with an ``image`` column first: ``images`` maps a
+    row's index to an image file, shown as a ``side``-px thumbnail (a file that cannot be read
+    leaves the cell empty)."""
+    if run is None:
+        return
+    try:
+        import wandb
+        from PIL import Image
+
+        def thumb(path):
+            try:
+                with Image.open(path) as im:
+                    im = im.convert("RGB")
+                    im.thumbnail((side, side))
+                    return wandb.Image(im)
+            except (OSError, TypeError):
+                return None
+
+        table = wandb.Table(columns=["image", *map(str, dataframe.columns)])
+        for i, row in dataframe.iterrows():
+            table.add_data(thumb(images[i]) if i in images else None, *row.tolist())
+        run.log({key: table})
+    except Exception as e:
+        _warn(f"table {key!r} not logged ({type(e).__name__}: {e})")
+
+
 def log_images(run, images: dict) -> None:
     """Log ``{key: png_path}`` as W&B images; missing files are skipped with a warning."""
     if run is None:
@@ -176,6 +207,104 @@ def log_images(run, images: dict) -> None:
             run.log(found)
     except Exception as e:
         _warn(f"images not logged ({type(e).__name__}: {e})")
+
+
+def log_artifact(run, name: str, kind: str, files: dict, metadata: dict, uses: list = ()) -> str | None:
+    """Log ``files`` (``{name in the artifact: local file or folder}``) as a W&B artifact of type
+    ``kind`` ("dataset", "model", "ensemble") of this run, its ``metadata`` saying where it came from; returns the artifact's name or None.
+
+    Lineage: online, ``uses`` (artifact names, e.g. the trials' models an ensemble was built
+    from) become the run's inputs, so W&B draws dataset -> trial -> ensemble. W&B refuses
+    ``use_artifact`` offline; there the same names are kept in ``metadata["inputs"]``, which
+    ``wandb sync`` uploads with the artifact. Files are referenced, not copied (``immutable``:
+    a trial's best checkpoint does not change once the trial ended)."""
+    if run is None:
+        return None
+    try:
+        import wandb
+
+        art = wandb.Artifact(name, type=kind, metadata={**metadata, "inputs": list(uses)})
+        for key, path in files.items():
+            path = Path(path)
+            if path.is_dir():
+                art.add_dir(str(path), name=key, policy="immutable")
+            elif path.is_file():
+                art.add_file(str(path), name=key, policy="immutable")
+        if not run.offline:  # see the docstring: lineage edges need the server
+            for used in uses:
+                run.use_artifact(f"{used}:latest")
+        run.log_artifact(art)
+        return name
+    except Exception as e:
+        _warn(f"artifact {name!r} not logged ({type(e).__name__}: {e})")
+        return None
+
+
+DATASET_FILE = "dataset.json"
+
+
+def write_dataset_manifest(index, run_dir: str | Path) -> str:
+    """``run_dir/dataset.json``: what the run was trained on (root, layout, counts, the index's
+    digest); returns the name of the W&B dataset artifact that carries it (``dataset-<folder>-<digest>``):
+    the same files give the same name in every search."""
+    manifest = {"root": index.root, "layout": index.layout, "counts": index.counts(), "digest": index.digest(),
+                "skipped": len(index.skipped)}
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / DATASET_FILE).write_text(json.dumps(manifest, indent=2))
+    return _dataset_name(manifest)
+
+
+def _dataset_name(manifest: dict) -> str:
+    return artifact_name("dataset", Path(manifest["root"]).name, manifest["digest"][:8])
+
+
+def log_dataset(run, run_dir: str | Path) -> None:
+    """The run folder's dataset manifest as a "dataset" artifact of ``run`` (the search's run),
+    so that it exists offline too, where no trial run could record it as an input."""
+    path = Path(run_dir) / DATASET_FILE
+    if run is None or not path.is_file():
+        return
+    manifest = json.loads(path.read_text())
+    log_artifact(run, _dataset_name(manifest), "dataset", {DATASET_FILE: path}, manifest)
+
+
+def dataset_root(run_dir: str | Path) -> str | None:
+    """The dataset folder a run was trained on (its manifest), or None when it has none."""
+    try:
+        return json.loads((Path(run_dir) / DATASET_FILE).read_text())["root"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def use_dataset(run, name: str, manifest: str | Path) -> None:
+    """Online: the dataset artifact (``write_dataset_manifest``) as this run's input (logged
+    once, W&B keeps one version per content); offline W&B cannot record an input, so the name
+    goes into the run's config (``dataset_artifact``) and the models' metadata instead."""
+    if run is None:
+        return
+    try:
+        if run.offline:
+            run.config.update({"dataset_artifact": name}, allow_val_change=True)
+            return
+        import wandb
+
+        art = wandb.Artifact(name, type="dataset", metadata=json.loads(Path(manifest).read_text()))
+        art.add_file(str(manifest), name=DATASET_FILE)
+        run.use_artifact(art)
+    except Exception as e:
+        _warn(f"dataset artifact {name!r} not used ({type(e).__name__}: {e})")
+
+
+def model_artifact(group: str, trial_id: str) -> str:
+    """The W&B artifact name of a trial's best checkpoint (an ensemble names its inputs by it)."""
+    return artifact_name("model", group, trial_id)
+
+
+def artifact_name(*parts: str) -> str:
+    """A W&B artifact name from ``parts``: letters, digits, ``-``, ``_`` and ``.`` only."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(p for p in parts if p)).strip("-")[:128]
 
 
 def finish(run) -> None:

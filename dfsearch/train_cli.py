@@ -120,9 +120,10 @@ def run(args) -> int:
     real_stdout = sys.stdout
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         summary = _fit(args, cfg, index, out, name)  # with --json the workers' output goes to stderr
-    from dfsearch import store
+    from dfsearch import commands, store
 
     store.write_store([summary], out)
+    commands.record(out, getattr(args, "command_line", None) or commands.command_line("dfsearch train", None))
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2, default=str))
     if args.json:
         print(json.dumps(summary, default=str), file=real_stdout)
@@ -152,7 +153,7 @@ def _fit(args, cfg, index, out: Path, name: str) -> dict:
 
 
 def format_summary(s: dict, workers: int, out: Path) -> str:
-    from dfsearch import store
+    from dfsearch import commands, store
 
     b = s["best"]
     lines = [f"\n{s['candidate']}: {s['arch']}, {workers} worker(s), {s['wall_time_s']:.0f}s"]

@@ -3,6 +3,8 @@
 All searches here run on a Ray started WITHOUT the dashboard, the setting in which Ray's own
 placement-group cleaner cannot work and stock Train-under-Tune hung at the third trial."""
 
+import contextlib
+import io
 import json
 import os
 import secrets
@@ -19,7 +21,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from dfsearch import remote, store
+from dfsearch import commands, remote, store
 from dfsearch.search import driver, signals
 from dfsearch.search.callbacks import PROGRESS_FILE
 from dfsearch.search.cli import build_parser
@@ -59,7 +61,8 @@ def seq(request, ray_local, easy_data, tmp_path_factory):
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    with pytest.MonkeyPatch.context() as mp:
+    terminal = io.StringIO()  # what a user's terminal shows (both streams)
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(terminal), contextlib.redirect_stderr(terminal):
         mp.setenv("WANDB_API_KEY", "k" * 40)
         mp.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
         rc = driver.run(_args(argv))
@@ -70,7 +73,27 @@ def seq(request, ray_local, easy_data, tmp_path_factory):
             h = pd.read_csv(d / "progress.csv")
             pids[str(h.trial_id.iloc[0])] = list(h.worker_pid)
     return dict(rc=rc, run=run, trials=pd.read_parquet(run / TRIALS_FILE), pool=request.param == "pool",
-                pids=pids, n=n)
+                pids=pids, n=n, terminal=terminal.getvalue())
+
+
+def test_the_terminal_shows_progress_and_a_line_per_trial_and_the_log_file_keeps_the_rest(seq):
+    said, log = seq["terminal"], (seq["run"] / "search.log").read_text()
+    t = seq["trials"].set_index("trial_id")
+    for k, (tid, row) in enumerate(t.iterrows(), 1):  # one line per ended trial, as it ended (order unknown)
+        line = next(x for x in said.splitlines() if f"] {tid} small_cnn: " in x)
+        assert f"after {row.epochs} epoch(s), val_acc {row.val_acc:.4f}" in line, line
+        assert ("completed" in line) == (row.epochs == 2), line
+    assert [x.split("]")[0] for x in said.splitlines() if x.startswith("[")] == [f"[{k}/4" for k in range(1, 5)]
+    last = [x for x in said.splitlines() if x.startswith("[4/4]")][0]
+    best = t.val_acc.max()
+    assert f"4/4 ended, 0 running | epochs {t.epochs.sum()}/8 | best val_acc {best:.4f}" in last, last
+    assert "search finished in" in said and "next: python ensemble.py" in said  # the summary
+    # quiet: no Tune table, no forwarded worker output, no W&B or Optuna chatter; all of it in the log
+    for noise in ("Trial status", "(RayTrainWorker", "wandb:", "A new study created"):
+        assert noise not in said, noise
+    assert "Trial status" in log and "epoch 1/2 train_loss" in log and "search finished in" in log
+    assert any(x.startswith("dfsearch: space") and x.endswith(str(seq["run"] / "search.log")) for x in said.splitlines())
+
 
 
 def test_four_sequential_trials_complete_and_free_their_resources(seq, ray_local):
@@ -175,6 +198,28 @@ def test_every_trial_is_a_wandb_run_with_config_and_metrics(seq):
     logged = {k: v for h in search_runs[0]["history"] for k, v in h.items()}
     assert logged["trials/_type"] == "table-file" and logged["trials/nrows"] == seq["n"]
     assert logged["optuna_history/_type"] == "image-file"
+
+
+def test_each_trial_s_best_checkpoint_is_a_model_artifact_made_from_the_dataset_artifact(seq):
+    """Lineage dataset -> trial -> (ensemble): offline, W&B cannot record inputs, so the artifact
+    names travel in the runs' config and the artifacts' metadata (``wandb sync`` uploads both)."""
+    runs = [read_run(d) for d in sorted((seq["run"] / "wandb").glob("offline-run-*"))]
+    dataset = json.loads((seq["run"] / "dataset.json").read_text())
+    (search,) = [r for r in runs if r["job_type"] == "search"]
+    (data_art,) = [a for a in search["artifacts"] if a["type"] != "run_table"]  # tables are artifacts too
+    assert data_art["type"] == "dataset" and data_art["metadata"]["digest"] == dataset["digest"]
+    assert data_art["metadata"]["counts"]["train"]["fake"] > 0 and list(data_art["files"]) == ["dataset.json"]
+    t = seq["trials"].set_index("trial_id")
+    for r in (r for r in runs if r["job_type"] == "trial"):
+        tid = r["config"]["trial_id"]
+        assert r["config"]["dataset_artifact"] == data_art["name"]
+        (model,) = [a for a in r["artifacts"] if a["type"] != "run_table"]
+        assert model["type"] == "model" and model["name"] == f"model-seq-{tid}"
+        assert model["metadata"]["inputs"] == [data_art["name"]] and model["metadata"]["arch"] == "small_cnn"
+        kept = Path(t.loc[tid, "checkpoint"])  # the trial's best checkpoint, each of its files, by reference
+        assert model["metadata"]["checkpoint"] == str(kept)
+        assert {Path(p).name for p in model["files"]} == {f.name for f in kept.iterdir() if f.is_file()}
+        assert all(Path(local).is_file() for local in model["files"].values())
 
 
 @pytest.fixture(scope="module")
@@ -337,6 +382,9 @@ def test_ctrl_c_then_resume_then_a_kill_then_resume_loses_and_repeats_nothing(ea
         rc = p.wait(timeout=300)
     said = (tmp_path / "first.log").read_text()
     assert rc == 130, said[-3000:]
+    # quiet by default: the terminal has dfsearch's lines only; Tune's tables and the workers' output are in the log
+    assert "Trial status" not in said and "(RayTrainWorker" not in said and "(trial_fn" not in said, said[-3000:]
+    assert "Trial status" in (run / "search.log").read_text()
     assert "search interrupted (SIGINT)" in said and f"next: python run_search.py --resume --out {tmp_path} --name c" in said
     t = pd.read_parquet(run / TRIALS_FILE).set_index("trial_id")
     assert t.loc[cut, "status"] == "interrupted" and "--resume" in t.loc[cut, "reason"]
@@ -365,8 +413,9 @@ def test_ctrl_c_then_resume_then_a_kill_then_resume_loses_and_repeats_nothing(ea
     kept = _checkpoints(run, done_before)
 
     # 3. resume to the end
-    res = subprocess.run(cmd + ["--resume", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run(cmd + ["--resume", "--json", "--verbose"], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "Trial status" in res.stderr  # --verbose: Tune's tables on the terminal again (stderr: --json)
     report = json.loads(res.stdout.strip().splitlines()[-1])
     t = pd.read_parquet(run / TRIALS_FILE)
     assert len(t) == 3 and t.trial_id.is_unique and report["trials"] == 3
@@ -377,6 +426,10 @@ def test_ctrl_c_then_resume_then_a_kill_then_resume_loses_and_repeats_nothing(ea
     assert epochs == sorted(set(epochs)) and epochs[-1] == 3, epochs  # went on from its checkpoint
     study = optuna.load_study(study_name="c", storage=f"sqlite:///{run / 'optuna.db'}")
     assert len([tr for tr in study.trials if tr.state.is_finished()]) >= 3  # the study went on
+    # the run folder names the commands that made it, as typed (dfsearch report shows them)
+    typed = ["python", "run_search.py", *cmd[2:]]
+    assert [c["argv"] for c in commands.read(run)] == [typed, typed + ["--resume"],
+                                                       typed + ["--resume", "--json", "--verbose"]]
 
 
 def test_search_to_s3_leaves_everything_there_for_ensemble_and_predict_elsewhere(
@@ -475,7 +528,7 @@ def test_search_run_dir_feeds_the_ensemble_and_predict(seq, easy_data, capsys):
     from dfsearch.ensemble_cli import main as ensemble_main
     from dfsearch.predict import predict_paths
 
-    rc = ensemble_main(["--run", str(seq["run"]), "--top-k", "4", "--wandb-mode", "disabled", "--json",
+    rc = ensemble_main(["--run", str(seq["run"]), "--top-k", "4", "--wandb-mode", "offline", "--json",
                         "--keep-chance-level"])  # 4-step trials may sit at chance: the hand-over is under test
     out = capsys.readouterr().out
     assert rc == 0
@@ -492,6 +545,32 @@ def test_search_run_dir_feeds_the_ensemble_and_predict(seq, easy_data, capsys):
     got, errors = predict_paths(ensemble_json, [easy_data / s for s in ids])
     assert errors == []
     np.testing.assert_allclose([g["prob_fake"] for g in got], want, rtol=0, atol=1e-5)
+
+    # the most confident mistakes (W&B's table) are scored as predict scores, at the stored threshold
+    from dfsearch.ensemble.mistakes import confident_mistakes, scored
+
+    every = scored(seq["run"], result).set_index("sample_id")
+    np.testing.assert_allclose(every.loc[ids, "prob_fake"], [g["prob_fake"] for g in got], rtol=0, atol=1e-5)
+    assert (every.predicted == every.label).mean() == pytest.approx(result["calibration"]["test"]["accuracy"])
+    wrong = confident_mistakes(seq["run"], result, n=16)
+    assert len(wrong) == min(16, int((every.predicted != every.label).sum())) and len(wrong) > 0
+    assert (wrong.predicted != wrong.label).all() and wrong.confidence.is_monotonic_decreasing
+    assert wrong.confidence.iloc[0] == (every.confidence[every.predicted != every.label]).max()
+    # W&B: the ensemble is an artifact made from its members' model artifacts, which the trials logged
+    (ens_dir,) = (Path(result["out_dir"]) / "wandb").glob("offline-run-*")
+    ens_run = read_run(ens_dir)
+    (art,) = [a for a in ens_run["artifacts"] if a["type"] == "ensemble"]
+    assert art["name"] == "ensemble-seq" and "ensemble.json" in art["files"]
+    assert art["metadata"]["inputs"] == [f"model-seq-{m['candidate']}" for m in members]
+    trial_models = {a["name"] for d in (seq["run"] / "wandb").glob("offline-run-*") for a in read_run(d)["artifacts"]}
+    assert set(art["metadata"]["inputs"]) <= trial_models
+    logged = {k: v for h in ens_run["history"] for k, v in h.items()}
+    assert logged["test_mistakes/_type"] == "table-file" and logged["test_mistakes/nrows"] == len(wrong)
+    (tab,) = [a for a in ens_run["artifacts"] if a["type"] == "run_table" and a["name"].endswith("-test_mistakes")]
+    table = json.loads(Path(tab["files"]["test_mistakes.table.json"]).read_text())  # as W&B shows it, images included
+    assert table["columns"][:2] == ["image", "sample_id"] and [r[1] for r in table["data"]] == list(wrong.sample_id)
+    thumbs = [r[0]["path"] for r in table["data"]]  # each row's thumbnail, from the dataset, in the artifact
+    assert all(Path(tab["files"][p]).is_file() for p in thumbs) and len(set(thumbs)) >= 1
 
 
 @pytest.mark.slow

@@ -28,9 +28,10 @@ def records(path: Path) -> list:
 
 
 def read_run(run_dir: Path) -> dict:
-    """``{"group", "job_type", "project", "name", "config": {...}, "history": [{...}, ...]}``."""
+    """``{"group", "job_type", "project", "name", "config": {...}, "history": [{...}, ...],
+    "artifacts": [{"name", "type", "metadata", "files": {path in the artifact: local path}}]}``."""
     recs = records(next(Path(run_dir).glob("run-*.wandb")))
-    out = {"config": {}, "history": []}
+    out = {"config": {}, "history": [], "artifacts": []}
     for r in recs:
         kind = r.WhichOneof("record_type")
         if kind == "run":
@@ -38,6 +39,10 @@ def read_run(run_dir: Path) -> dict:
             out["config"].update({i.key: json.loads(i.value_json) for i in r.run.config.update})
         elif kind == "config":
             out["config"].update({i.key: json.loads(i.value_json) for i in r.config.update})
+        elif kind == "artifact":
+            a = r.artifact
+            out["artifacts"].append({"name": a.name, "type": a.type, "metadata": json.loads(a.metadata or "{}"),
+                                     "files": {e.path: e.local_path for e in a.manifest.contents}})
         elif kind == "history":
             out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
     out["config"] = {k: (v["value"] if isinstance(v, dict) and "value" in v else v) for k, v in out["config"].items()}

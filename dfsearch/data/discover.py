@@ -76,6 +76,17 @@ class DatasetIndex(BaseModel):
             out[split] = {"real": c[0], "fake": c[1]}
         return out
 
+    def digest(self) -> str:
+        """A short hash of every split's (sample_id, label) list: the same files, the same digest
+        (W&B's dataset artifact and the report name the data by it)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for split in sorted(self.splits):
+            for sid, label in self.splits[split]:
+                h.update(f"{split}/{sid}/{label}\n".encode())
+        return h.hexdigest()[:16]
+
     def to_json(self) -> dict:
         """A plain dict (lists, str, int) that ``json.dumps`` accepts and ``from_json`` reads back."""
         return self.model_dump(mode="json")

@@ -7,6 +7,7 @@
 * ``KeepBestCheckpoint``: once a trial ended, deletes all its checkpoints but the best
   (``checkpoint_policy.prune``), there and, with a URI ``--out``, in the bucket;
 * ``ProgressLog``: one line per ended trial in ``trials_progress.jsonl``, as they end;
+* ``ShowProgress``: feeds the terminal's live view (``console.SearchProgress``);
 * ``WandbTrials``: each trial its own W&B run (config, per-epoch metrics, status);
 * ``SyncRunFolder``: with a URI ``--out``, copies the driver's files there as the search goes.
 
@@ -49,6 +50,8 @@ class LiveRun:
     broker: str | None = None          # warm pools: the broker's name
     target: remote.Remote | None = None  # a URI --out
     wandb_runs: dict = field(default_factory=dict)  # trial -> its open W&B run
+    progress: object = None            # console.SearchProgress: the terminal's live view
+    dataset_artifact: str | None = None  # the W&B dataset artifact's name (tracking.write_dataset_manifest)
 
     def close(self) -> None:
         """Finish the W&B runs a stopped ``fit()`` left open (trials that did not end)."""
@@ -170,19 +173,60 @@ class ProgressLog(_Bound):
         metric = self.live.space.metric
         try:
             with open(self.live.run_dir / PROGRESS_FILE, "a") as f:
-                f.write(json.dumps({"trial_id": trial.trial_id, "how": how, "epoch": last.get("epoch"),
-                                    metric: last.get(metric), "time": time.time()}) + "\n")
+                f.write(json.dumps({"trial_id": trial.trial_id, "arch": trial.config.get("arch"), "how": how,
+                                    "epoch": last.get("epoch"), metric: last.get(metric), "time": time.time()}) + "\n")
         except OSError as e:
             _warn("could not write the progress file", e)
 
 
-def ended_trials(run_dir: Path) -> set[str]:
-    """Trials that ended (completed, pruned, failed) in this run or an earlier one."""
+def ended_records(run_dir: Path) -> list[dict]:
+    """``ProgressLog``'s records: the trials that ended (completed, pruned, failed) in this run or
+    an earlier one, in the order they ended."""
     try:
         lines = (run_dir / PROGRESS_FILE).read_text().splitlines()
     except OSError:
-        return set()
-    return {json.loads(line)["trial_id"] for line in lines if line.strip()}
+        return []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def ended_trials(run_dir: Path) -> set[str]:
+    return {r["trial_id"] for r in ended_records(run_dir)}
+
+
+class ShowProgress(_Bound):
+    """Tells the live view what Tune sees; a line per ended trial says how it ended."""
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if self.live.progress is not None:
+            self.live.progress.started(trial.trial_id, str(trial.config.get("arch")))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.live.progress is not None:
+            self.live.progress.result(trial.trial_id, str(trial.config.get("arch")), int(result.get("epoch") or 0),
+                                      result.get(self.live.space.metric))
+
+    def ended(self, trial, how):
+        if self.live.progress is None:
+            return
+        last = trial.last_result or {}
+        epoch, max_epochs = last.get("epoch"), self.live.profile.max_epochs
+        if how == "finished":
+            how = "completed" if epoch is not None and epoch >= max_epochs else "stopped early (ASHA or budget)"
+        retries = last.get("retries") or 0
+        note = f"lost a worker {retries} time(s), resumed from epoch {last.get('resumed_from')}" if retries else ""
+        if how == "failed":
+            note = "; ".join(filter(None, [note, f"why: {_error_line(trial)} (search.log has the traceback)"]))
+        self.live.progress.trial_ended(trial.trial_id, str(trial.config.get("arch")), how, epoch,
+                                       last.get(self.live.space.metric), note)
+
+
+def _error_line(trial) -> str:
+    """The last line of a failed trial's error (Tune keeps it in the trial's error file)."""
+    try:
+        text = Path(trial.error_file).read_text().strip() if getattr(trial, "error_file", None) else ""
+    except OSError:
+        text = ""
+    return (text.splitlines() or ["see search.log"])[-1][:200]
 
 
 class WandbTrials(_Bound):
@@ -208,6 +252,13 @@ class WandbTrials(_Bound):
                 run.summary["best_checkpoint"] = str(best[0])
         except Exception as e:
             _warn(f"W&B summary of trial {trial.trial_id}", e)
+        if best is not None:  # the trial's model: what an ensemble built from this search uses
+            path, metrics = best
+            tracking.log_artifact(
+                run, tracking.model_artifact(self.live.group, trial.trial_id), "model", {"checkpoint": path},
+                {"trial_id": trial.trial_id, "arch": trial.config.get("arch"), "status": how, "checkpoint": str(path),
+                 **{k: metrics.get(k) for k in ("epoch", "val_acc", "val_auc", "val_loss") if k in metrics}},
+                uses=[self.live.dataset_artifact] if self.live.dataset_artifact else [])
         tracking.finish(run)
 
     def on_experiment_end(self, trials, **info):
@@ -218,9 +269,11 @@ class WandbTrials(_Bound):
         if live.wandb_mode == "disabled" or trial.trial_id in live.wandb_runs:
             return
         cfg = live.space.train_config(trial.config, live.profile, seed=live.seed).model_dump()
-        live.wandb_runs[trial.trial_id] = tracking.start_run(live.wandb_mode, live.wandb_project, live.group, "trial",
-                                                        f"{live.group}-{trial.trial_id}",
-                                                        {**cfg, "trial_id": trial.trial_id}, live.run_dir)
+        run = tracking.start_run(live.wandb_mode, live.wandb_project, live.group, "trial",
+                                 f"{live.group}-{trial.trial_id}", {**cfg, "trial_id": trial.trial_id}, live.run_dir)
+        live.wandb_runs[trial.trial_id] = run
+        if live.dataset_artifact:
+            tracking.use_dataset(run, live.dataset_artifact, live.run_dir / tracking.DATASET_FILE)
 
 
 class SyncRunFolder(_Bound):
@@ -246,5 +299,5 @@ class SyncRunFolder(_Bound):
 def make_callbacks() -> list[Callback]:
     """In the order they run when a trial ends: W&B reads the kept best, the copy comes last."""
     return [TellPoolsTrialEnded(), ProgressLog(), FreePlacementGroups(), KeepBestCheckpoint(), WandbTrials(),
-            SyncRunFolder()]
+            ShowProgress(), SyncRunFolder()]
 

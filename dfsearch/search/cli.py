@@ -45,6 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="default: online with credentials, else offline")
     p.add_argument("--wandb-project", default="dfsearch")
     p.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
+    p.add_argument("--verbose", action="store_true",
+                   help="show everything on the terminal: Tune's status tables, every Ray worker's output, W&B's "
+                        "and Optuna's notices (by default they go to RUN_DIR/search.log only, and the terminal "
+                        "shows dfsearch's own lines, a line per ended trial and a progress bar)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dfsearch.commands import command_line
+
     args = build_parser().parse_args(argv)
+    args.command_line = command_line("python run_search.py", argv)
     return run(args)
 
 

@@ -25,10 +25,11 @@ import shlex
 import sys
 import time
 
-from dfsearch import remote
+from dfsearch import commands, remote
 from dfsearch.data.images import sample_sizes
 from dfsearch.errors import DfsearchError
 from dfsearch.search.plan import DRIVER_RESOURCE, local_cpus, make_plan
+from dfsearch.search.console import Console, say
 from dfsearch.search.run_folder import open_run_folder
 from dfsearch.search.signals import StopOnSignal
 from dfsearch.search.spec import Options, SearchSpec
@@ -61,14 +62,26 @@ def run(args, report_to=None) -> int:
     folder.run_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:
         spec.save(folder.run_dir)
-    print(f"dfsearch: space {space.name} ({', '.join(space.archs)}), profile {plan.profile_name}: {plan.describe()}, "
-          f"{'warm worker pools' if spec.pool else 'one TorchTrainer per trial'}; run dir {folder.run_dir}"
-          + (f", copied to {folder.target.uri}" if folder.target else ""), file=sys.stderr)
+    commands.record(folder.run_dir, getattr(args, "command_line", None) or commands.command_line("dfsearch search",
+                                                                                                   None))
+    with Console(folder.run_dir, options.verbose) as console:
+        return _run(args, space, spec, options, folder, plan, index, mode, name, started, console, report_to)
 
+
+def _run(args, space, spec, options, folder, plan, index, mode, name, started, console, report_to) -> int:
+    """The search itself, its terminal quiet (``console``) but for dfsearch's own lines."""
+    from dfsearch import tracking
     from dfsearch.search import callbacks as cb
 
+    print(f"dfsearch: space {space.name} ({', '.join(space.archs)}), profile {plan.profile_name}: {plan.describe()}, "
+          f"{'warm worker pools' if spec.pool else 'one TorchTrainer per trial'}; run dir {folder.run_dir}"
+          + (f", copied to {folder.target.uri}" if folder.target else "")
+          + ("" if options.verbose else f"; Ray's, Tune's and the workers' output: {console.path}"), file=sys.stderr)
     live = cb.LiveRun(folder.run_dir, space, plan.profile, spec.seed, mode, options.wandb_project, name,
-                      target=folder.target)
+                      target=folder.target, dataset_artifact=tracking.write_dataset_manifest(index, folder.run_dir))
+    live.progress = console.start_progress(
+        planned=plan.profile.num_samples, max_epochs=plan.profile.max_epochs, metric=space.metric, mode=space.mode,
+        budget_epochs=spec.budget_epochs, ended=cb.ended_records(folder.run_dir) if args.resume else None)
     t0 = time.time()
     try:
         with _pools(spec, plan, index, folder, name) as live.broker:
@@ -77,6 +90,7 @@ def run(args, report_to=None) -> int:
                 grid = tuner.fit()
     finally:
         live.close()
+        live.progress.close()
     wall = time.time() - t0
     if started:  # before the report: nothing from the workers comes after it
         import ray
@@ -203,6 +217,7 @@ def finish(grid, space, profile, spec, options, folder, mode: str, wall: float, 
     run = tracking.start_run(mode, options.wandb_project, folder.name, "search", f"{folder.name}-search",
                              {"space": space.name, "metric": space.metric, **profile.model_dump()}, run_dir)
     tracking.log_table(run, "trials", df)
+    tracking.log_dataset(run, run_dir)
     tracking.log_images(run, optuna_plots(run_dir, folder.name))
     tracking.finish(run)
     report = results.summary(df, space, run_dir, wall)
@@ -220,7 +235,7 @@ def finish(grid, space, profile, spec, options, folder, mode: str, wall: float, 
     if options.json:
         print(json.dumps(report, default=str), file=report_to or sys.stdout, flush=True)
     else:
-        print(results.format_summary(report))
+        say(results.format_summary(report))
     if target is not None and not report["copied"]:
         print(f"dfsearch: the run is complete in {run_dir} but could not be copied to {target.uri}; "
               f"`{folder.resume_command()}` copies it again", file=sys.stderr)

@@ -58,6 +58,7 @@ class Options:
     wandb_mode: Optional[str] = None
     wandb_project: str = "dfsearch"
     json: bool = False
+    verbose: bool = False
 
     @classmethod
     def from_args(cls, args) -> "Options":

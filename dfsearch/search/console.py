@@ -1,0 +1,274 @@
+"""What a search shows on the terminal, and the log file that keeps everything else.
+
+A search's process prints a lot that is not for its user: Tune's status tables every 30 s, every
+Ray worker's forwarded output (``(RayTrainWorker pid=...)``), Optuna's and W&B's notices. While a
+``Console`` is active, ``sys.stdout`` / ``sys.stderr`` write into ``<run>/search.log`` and only
+dfsearch's own lines (``dfsearch: ...``, ``W&B: ...``) and what is ``say``-ed reach the terminal,
+under one live progress view (``SearchProgress``). ``--verbose`` shows everything as before;
+the log file is written either way.
+
+Python-level streams only (no ``dup2`` of the process's file descriptors): Ray forwards worker
+output through ``sys.stdout`` / ``sys.stderr`` looked up at each write, and Python's logging
+handlers are pointed at the log while the console is active, so nothing of Ray's private
+machinery is touched, and a test's captured streams keep working.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+LOG_FILE = "search.log"
+SHOWN_PREFIXES = ("dfsearch:", "W&B:", "run_search.py:")  # our own notices: on the terminal even when quiet
+
+_ACTIVE: "Console | None" = None
+
+
+class _Tee(io.TextIOBase):
+    """A text stream that writes every line to the log and, when ``show(line)``, to the terminal."""
+
+    def __init__(self, log, term, show):
+        self._log, self._term, self._show = log, term, show
+        self._buf = ""
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:  # Tune and tqdm draw for a terminal only where one is shown everything
+        return self._show is _ALL and self._term.isatty()
+
+    def write(self, s: str) -> int:
+        with self._lock:
+            if self._log is None:  # the console has ended: a late writer (a Ray thread) reaches the terminal
+                return self._term.write(s)
+            self._log.write(s)
+            self._buf += s
+            *lines, self._buf = self._buf.split("\n")
+            for line in lines:
+                if self._show(line):
+                    _to_terminal(self._term, line)
+        return len(s)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._log is not None:
+                self._log.flush()
+            self._term.flush()
+
+    def detach_log(self) -> None:
+        with self._lock:
+            if self._buf and self._show(self._buf):
+                _to_terminal(self._term, self._buf)
+            self._log, self._buf = None, ""
+
+
+def _ALL(line: str) -> bool:
+    return True
+
+
+def _ours(line: str) -> bool:
+    return line.startswith(SHOWN_PREFIXES)
+
+
+def _to_terminal(term, text: str) -> None:
+    """A line above the live progress bar (tqdm redraws it below)."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=term)
+
+
+class Console:
+    """``with Console(run_dir, verbose):`` the search's terminal and its ``search.log``.
+
+    Quiet (default): the terminal shows dfsearch's own lines, one line per ended trial and the
+    progress bar; everything the process prints goes to the log. ``verbose``: the terminal shows
+    everything too (and no bar, which the workers' lines would tear)."""
+
+    def __init__(self, run_dir: str | Path, verbose: bool = False):
+        self.path = Path(run_dir) / LOG_FILE
+        self.verbose = verbose
+        self.progress: SearchProgress | None = None
+
+    def __enter__(self) -> "Console":
+        global _ACTIVE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.path, "a", buffering=1)
+        self._log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}\n")
+        self.out, self.err = sys.stdout, sys.stderr  # the terminal (or a test's captured streams)
+        show = _ALL if self.verbose else _ours
+        sys.stdout, sys.stderr = _Tee(self._log, self.out, show), _Tee(self._log, self.err, show)
+        self._handlers = _point_handlers({self.out: sys.stdout, self.err: sys.stderr})
+        _ACTIVE = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _ACTIVE
+        if self.progress is not None:
+            self.progress.close()
+        _ACTIVE = None
+        tees = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = self.out, self.err
+        for handler, stream in self._handlers:
+            handler.setStream(stream)
+        for tee in tees:
+            if isinstance(tee, _Tee):
+                tee.detach_log()
+        self._log.close()
+
+    def say(self, text: str, err: bool = False) -> None:
+        """``text`` on the terminal (stdout, or stderr) and in the log."""
+        self._log.write(text + "\n")
+        _to_terminal(self.err if err else self.out, text)
+
+    def start_progress(self, **kw) -> "SearchProgress":
+        self.progress = SearchProgress(term=self.err, bar=not self.verbose and self.err.isatty(), **kw)
+        return self.progress
+
+
+def say(text: str, err: bool = False) -> None:
+    """Print ``text`` for the user: through the active console (terminal + log), else plainly."""
+    if _ACTIVE is not None:
+        _ACTIVE.say(text, err)
+    else:
+        print(text, file=sys.stderr if err else sys.stdout)
+
+
+def active() -> "Console | None":
+    return _ACTIVE
+
+
+def _point_handlers(streams: dict) -> list:
+    """Logging handlers that write to the terminal streams write to the tees instead; returns
+    (handler, original stream) pairs to restore."""
+    changed = []
+    loggers = [logging.getLogger()] + [v for v in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(v, logging.Logger)]
+    for logger in loggers:
+        for h in logger.handlers:
+            if type(h) is logging.StreamHandler and h.stream in streams:
+                changed.append((h, h.setStream(streams[h.stream])))
+    return changed
+
+
+class SearchProgress:
+    """The live view of a search: trials ended / running / planned, epochs used of the budget,
+    the best value of the search metric so far (trial, arch), elapsed and estimated time left, and
+    a line per ended trial. Fed by a Tune callback (``callbacks.ShowProgress``) in the driver.
+
+    The time left is a rate estimate: epochs still expected (unstarted trials x the mean epochs of
+    the ended ones, ``max_epochs`` before any ended, plus what running ones have left of that) over
+    the epochs per second so far. ASHA makes it rough early on; it is shown as ``~``."""
+
+    def __init__(self, *, planned: int, max_epochs: int, metric: str, mode: str, budget_epochs: int | None = None,
+                 ended: list[dict] | None = None, term=None, bar: bool = False):
+        self.planned, self.max_epochs, self.metric, self.mode = planned, max_epochs, metric, mode
+        self.budget = budget_epochs
+        self.term = term if term is not None else sys.stderr
+        self.t0 = time.time()
+        self.running: dict[str, dict] = {}  # trial -> {"arch", "epoch"}
+        self.ended_epochs: list[int] = []
+        self.epochs_before = 0  # epochs of trials that ended in an earlier run (--resume): not in the rate
+        self.epochs_now = 0
+        self.best: tuple[float, str, str] | None = None  # (value, trial, arch)
+        self.ended = 0
+        for e in ended or []:  # what an interrupted run had ended already
+            self.ended += 1
+            self.ended_epochs.append(int(e.get("epoch") or 0))
+            self.epochs_before += int(e.get("epoch") or 0)
+            self._consider(e.get(metric), e.get("trial_id", "?"), e.get("arch", "?"))
+        self._bar = None
+        if bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=planned, initial=self.ended, unit="trial", file=self.term, dynamic_ncols=True,
+                             bar_format="{l_bar}{bar:12}| {n_fmt}/{total_fmt} trials [{elapsed}{postfix}]")
+            self._refresh()
+
+    # -- fed by the callback -------------------------------------------------------------------
+    def started(self, trial: str, arch: str) -> None:
+        self.running.setdefault(trial, {"arch": arch, "epoch": 0})
+        self._refresh()
+
+    def result(self, trial: str, arch: str, epoch: int, value) -> None:
+        run = self.running.setdefault(trial, {"arch": arch, "epoch": 0})
+        if epoch > run["epoch"]:
+            self.epochs_now += epoch - run["epoch"]
+            run["epoch"] = epoch
+        self._consider(value, trial, arch)
+        self._refresh()
+
+    def trial_ended(self, trial: str, arch: str, how: str, epoch: int | None, value, note: str = "") -> None:
+        run = self.running.pop(trial, {"epoch": 0})
+        epoch = int(epoch or run["epoch"] or 0)
+        self.ended += 1
+        self.ended_epochs.append(epoch)
+        self._consider(value, trial, arch)
+        shown = f"{self.metric} {value:.4f}" if isinstance(value, (int, float)) else "no result"
+        line = (f"[{self.ended}/{self.planned}] {trial} {arch}: {how} after {epoch} epoch(s), {shown}"
+                + (f"; {note}" if note else "") + f" | {self.status()}")
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.write(line, file=self.term)
+            self._refresh()
+        else:
+            print(line, file=self.term, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    # -- pure views ----------------------------------------------------------------------------
+    def epochs_used(self) -> int:
+        return self.epochs_before + self.epochs_now
+
+    def epochs_planned(self) -> int:
+        """The most epochs the search can run: the budget, or every trial to ``max_epochs``."""
+        full = self.planned * self.max_epochs
+        return min(full, self.budget) if self.budget else full
+
+    def eta_s(self) -> float | None:
+        """Seconds left by the rate so far; None before the first epoch of this run."""
+        elapsed = time.time() - self.t0
+        if self.epochs_now == 0 or elapsed <= 0:
+            return None
+        per_trial = (sum(self.ended_epochs) / len(self.ended_epochs)) if self.ended_epochs else self.max_epochs
+        unstarted = max(0, self.planned - self.ended - len(self.running))
+        left = unstarted * per_trial + sum(max(0.0, per_trial - r["epoch"]) for r in self.running.values())
+        left = min(left, max(0, self.epochs_planned() - self.epochs_used()))
+        return left / (self.epochs_now / elapsed)
+
+    def best_text(self) -> str:
+        if self.best is None:
+            return f"best {self.metric}: -"
+        value, trial, arch = self.best
+        return f"best {self.metric} {value:.4f} ({trial} {arch})"
+
+    def status(self) -> str:
+        eta = self.eta_s()
+        return (f"{self.ended}/{self.planned} ended, {len(self.running)} running | epochs "
+                f"{self.epochs_used()}/{self.epochs_planned()} | {self.best_text()} | "
+                f"{_minutes(time.time() - self.t0)} elapsed" + (f", ~{_minutes(eta)} left" if eta is not None else ""))
+
+    def _consider(self, value, trial: str, arch: str) -> None:
+        if not isinstance(value, (int, float)) or value != value:  # None, NaN
+            return
+        better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
+        if better:
+            self.best = (float(value), trial, arch)
+
+    def _refresh(self) -> None:
+        if self._bar is not None:
+            eta = self.eta_s()
+            self._bar.set_postfix_str(f"{len(self.running)} running | epochs {self.epochs_used()}/"
+                                      f"{self.epochs_planned()} | {self.best_text()}"
+                                      + (f" | ~{_minutes(eta)} left" if eta is not None else ""), refresh=True)
+
+
+def _minutes(s: float) -> str:
+    return f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
