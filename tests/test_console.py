@@ -97,6 +97,17 @@ def test_progress_counts_trials_epochs_and_the_best_trial(capsys):
     p.close()
 
 
+def test_without_a_terminal_a_status_line_comes_at_most_every_heartbeat(capsys, monkeypatch):
+    from dfsearch.search import console
+
+    p = SearchProgress(planned=2, max_epochs=3, metric="val_acc", mode="max")
+    p.result("a", "x", 1, 0.5)
+    assert capsys.readouterr().err == ""  # just started
+    monkeypatch.setattr(console, "HEARTBEAT_S", 0.0)
+    p.result("a", "x", 2, 0.6)
+    assert capsys.readouterr().err.startswith("... 0/2 ended, 1 running | epochs 2/6 | best val_acc 0.6000 (a x)")
+
+
 def test_time_left_follows_the_epoch_rate_and_the_epochs_trials_really_run():
     p = SearchProgress(planned=4, max_epochs=4, metric="val_loss", mode="min")
     p.t0 = time.time() - 100  # 100 s for 2 epochs: 50 s an epoch

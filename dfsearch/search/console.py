@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 LOG_FILE = "search.log"
+HEARTBEAT_S = 60.0  # without a terminal (CI logs, nohup): a status line at most this often between trial ends
 SHOWN_PREFIXES = ("dfsearch:", "W&B:", "run_search.py:")  # our own notices: on the terminal even when quiet
 
 _ACTIVE: "Console | None" = None
@@ -182,6 +183,7 @@ class SearchProgress:
             self.epochs_before += int(e.get("epoch") or 0)
             self._consider(e.get(metric), e.get("trial_id", "?"), e.get("arch", "?"))
         self._bar = None
+        self._said_at = time.time()
         if bar:
             from tqdm import tqdm
 
@@ -201,6 +203,9 @@ class SearchProgress:
             run["epoch"] = epoch
         self._consider(value, trial, arch)
         self._refresh()
+        if self._bar is None and time.time() - self._said_at >= HEARTBEAT_S:
+            self._said_at = time.time()
+            print(f"... {self.status()}", file=self.term, flush=True)
 
     def trial_ended(self, trial: str, arch: str, how: str, epoch: int | None, value, note: str = "") -> None:
         run = self.running.pop(trial, {"epoch": 0})
@@ -216,6 +221,7 @@ class SearchProgress:
             self._bar.write(line, file=self.term)
             self._refresh()
         else:
+            self._said_at = time.time()
             print(line, file=self.term, flush=True)
 
     def close(self) -> None:
