@@ -174,10 +174,14 @@ def log_to_wandb(result: dict, out: Path, group: str, mode: str, project: str,
                           for m in ("accuracy", "roc_auc")},
                        **{f"compare/gain_{m}": d["diff"] for m, d in comp.get("gain", {}).items()}})
     tracking.log_images(run, {name.removesuffix(".png"): out / name for name in PLOTS})
-    if store_dir is not None:
-        _log_mistakes(run, result, store_dir)
-        _log_ensemble_artifact(run, result, out, group, store_dir)
-    tracking.finish(run)
+    try:
+        if store_dir is not None:
+            _log_mistakes(run, result, store_dir)
+            _log_ensemble_artifact(run, result, out, group, store_dir)
+    except Exception as e:  # W&B's extras never fail the ensemble, which is written already
+        print(f"ensemble: note: W&B artifact or table not logged ({type(e).__name__}: {e})", file=sys.stderr)
+    finally:
+        tracking.finish(run)
     return run
 
 
@@ -185,11 +189,7 @@ def _log_mistakes(run, result: dict, store_dir: Path) -> None:
     """``test_mistakes``: the ensemble's most confident wrong test predictions, with thumbnails."""
     from dfsearch.ensemble.mistakes import confident_mistakes
 
-    try:
-        df = confident_mistakes(store_dir, result, "test", MISTAKES_SHOWN)
-    except Exception as e:  # a store the selection read cannot fail here; a bug must not fail the command
-        print(f"ensemble: note: no table of mistakes ({type(e).__name__}: {e})", file=sys.stderr)
-        return
+    df = confident_mistakes(store_dir, result, "test", MISTAKES_SHOWN)
     root = tracking.dataset_root(store_dir)
     images = {i: Path(root) / sid for i, sid in df.sample_id.items()} if root else {}
     tracking.log_image_table(run, "test_mistakes", df, images)

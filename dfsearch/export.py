@@ -15,13 +15,29 @@ resize``) resize inside the graph from S x S.
 ``--check``: images whose P(fake) from the exported file (ONNX Runtime on CPU for onnx, torch for
 torchscript) is compared with ``dfsearch predict``'s; the largest difference is printed and saved
 in model.json. The export refuses a difference above ``TOLERANCE``.
+
+A member torch cannot export (``torch.export`` for onnx, ``torch.jit.trace`` / ``save`` for
+torchscript): when writing the graph fails, each member's graph is written alone, by the same code,
+to find which; the error names them (candidate, arch, torch's reason in one line) and the way out:
+``--skip-untraceable`` (the other members only: weights renormalised over them, the blend's Platt
+map and threshold kept as fitted for all members, so P(fake) differs from the full ensemble's; said
+in model.json, the model card and the summary; ``--check`` then compares with ``dfsearch predict`` of
+that same reduced ensemble) or the other format when it writes them. Files are written in a
+temporary folder and moved into ``--out`` at the end: a failed export leaves nothing there (a
+``--check`` failure moves the graph there, for inspection).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
+import logging
+import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +47,9 @@ from dfsearch.errors import DfsearchError
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4  # max |P(fake) exported - P(fake) predict| accepted by --check
 EPS = 1e-6        # = ensemble.calibration.EPS: probabilities are clipped before the logit
+GRAPH_FILES = {"onnx": "ensemble.onnx", "torchscript": "ensemble.torchscript.pt"}
+SKIP_FLAG = "--skip-untraceable"
+GIST_CHARS = 300  # torch's reason, cut to this: the rest is debugging advice and the FX graph
 
 
 def _torch_graph(members, calibration, size: int):
@@ -130,12 +149,11 @@ def _write(graph, fmt: str, size: int, out: Path) -> Path:
     import torch
 
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
+    path = out / GRAPH_FILES[fmt]
     if fmt == "torchscript":
-        path = out / "ensemble.torchscript.pt"
         with torch.no_grad():
             torch.jit.save(torch.jit.trace(graph, example, check_trace=False), str(path))
         return path
-    path = out / "ensemble.onnx"
     # torch.export-based exporter (onnxscript): it writes antialiased resizes (ONNX Resize, opset 18),
     # which the TorchScript-based one cannot; the batch dimension stays free
     with torch.no_grad():
@@ -143,6 +161,149 @@ def _write(graph, fmt: str, size: int, out: Path) -> Path:
                           dynamic_shapes={"images": {0: torch.export.Dim("batch")}}, dynamo=True,
                           external_data=False, verbose=False)
     return path
+
+
+@contextlib.contextmanager
+def _quiet_torch():
+    """Mute logging below ERROR, and hold back what is printed to stderr, for the block; replay the
+    latter only when the block succeeds. Why: a failing torch.export prints its whole partial FX graph
+    to stderr (hundreds of lines) and logs warnings about it, and a member's failure is reported in one
+    line instead (``_gist``); what a successful export prints (TracerWarnings included) still shows."""
+    import io
+
+    previous, held = logging.root.manager.disable, io.StringIO()
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stderr(held):
+            yield
+    finally:
+        logging.disable(previous)
+    sys.stderr.write(held.getvalue())  # not reached when the block raised
+
+
+def _gist(error: BaseException) -> str:
+    """Why torch could not export, in one line: the innermost cause's type and first line (the
+    exporter's own wrapper only says which of its steps failed), plus the user code torch names as
+    the culprit when it does ("The following call raised this error")."""
+    root, seen = error, set()
+    while id(root) not in seen:
+        seen.add(id(root))
+        nxt = root.__cause__ or (None if root.__suppress_context__ else root.__context__)
+        if nxt is None:
+            break
+        root = nxt
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(root))
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    gist = f"{type(root).__name__}: {first}" if first else type(root).__name__
+    # the source line is the next one, indented; absent when there is no source (exec'd code)
+    where = re.search(r'raised this error:\s*File "([^"]+)", line (\d+), in [^\n]*(?:\n[ \t]+(\S[^\n]*))?', text)
+    if where:
+        gist += f" (at {Path(where[1]).name}:{where[2]}" + (f": {where[3].strip()})" if where[3] else ")")
+    return gist if len(gist) <= GIST_CHARS else gist[:GIST_CHARS - 3] + "..."
+
+
+def _try_write(graph, fmt: str, size: int, folder: Path) -> str | None:
+    """``_write`` into ``folder``: None when it worked, else the gist of torch's error (a partial
+    file may be left in ``folder``)."""
+    try:
+        with _quiet_torch():
+            _write(graph, fmt, size, folder)
+    except Exception as e:  # noqa: BLE001 - torch.export, the ONNX translation and jit raise many types
+        return _gist(e)
+    return None
+
+
+def _probe(member, calibration, fmt: str, size: int, scratch: Path) -> str | None:
+    """Whether ``member`` alone exports as ``fmt``: the same graph and writer with one member (so
+    the same ops are traced), in a throwaway folder under ``scratch``; None or the gist of the error."""
+    folder = Path(tempfile.mkdtemp(dir=scratch, prefix="probe-"))
+    try:
+        return _try_write(_torch_graph([member], calibration, size), fmt, size, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def find_untraceable(members, calibration, fmt: str, size: int, scratch: Path) -> list[dict]:
+    """The members whose graph alone cannot be written as ``fmt``, in order, as ``{member, error,
+    other_format_ok}`` (``other_format_ok``: whether the other format writes that member)."""
+    other = next(f for f in FORMATS if f != fmt)
+    bad = []
+    for m in members:
+        error = _probe(m, calibration, fmt, size, scratch)
+        if error is not None:
+            bad.append({"member": m, "error": error,
+                        "other_format_ok": _probe(m, calibration, other, size, scratch) is None})
+    return bad
+
+
+def _untraceable_message(bad: list[dict], n_members: int, fmt: str) -> str:
+    """The DfsearchError text: each member that cannot be exported (candidate, arch, why) and the
+    ways out that exist (``SKIP_FLAG`` when some member is left; the other format when it writes them)."""
+    other = next(f for f in FORMATS if f != fmt)
+    head = (f"{len(bad)} of the {n_members} members cannot be exported as {fmt}" if len(bad) < n_members else
+            f"none of the {n_members} members can be exported as {fmt}" if n_members > 1 else
+            f"the ensemble's only member cannot be exported as {fmt}")
+    lines = [f"{head}:"] + [f"  member {b['member'].candidate!r} ({b['member'].arch}): {b['error']}" for b in bad]
+    ways = []
+    if len(bad) < n_members:
+        ways.append(f"{SKIP_FLAG} exports the other {n_members - len(bad)} without "
+                    f"{'it' if len(bad) == 1 else 'them'} (weights renormalised; P(fake) then differs from the "
+                    f"full ensemble's, whose calibration and threshold it keeps)")
+    writable = [b["member"].candidate for b in bad if b["other_format_ok"]]
+    if writable:
+        caveat = (" (tracing records the path taken on an example input through data-dependent Python code: "
+                  "compare with --check)" if other == "torchscript" else "")
+        which = ("it" if len(bad) == 1 else "them") if len(writable) == len(bad) else ", ".join(map(repr, writable))
+        ways.append(f"--format {other} writes {which}{caveat}")
+    return "\n".join(lines + ["; ".join(ways)] if ways else lines)
+
+
+def _renormalised(members) -> list:
+    """``members`` with weights that sum to 1 again, in the same proportions."""
+    total = sum(m.weight for m in members)
+    return [dataclasses.replace(m, weight=m.weight / total) for m in members]
+
+
+def write_graph(members, calibration, fmt: str, size: int, folder: Path, skip_untraceable: bool = False):
+    """Write the ensemble's graph into ``folder``: ``(path, members in it, dropped)``, ``dropped``
+    the ``find_untraceable`` entries left out (empty unless ``skip_untraceable`` and some member
+    cannot be exported; the members in it then have renormalised weights).
+
+    Raises DfsearchError naming the members that cannot be exported (always when all of them cannot,
+    and without ``skip_untraceable``), or giving torch's reason when the graph fails though each
+    member exports alone.
+    """
+    import torch
+
+    with torch.no_grad():
+        failure = _try_write(_torch_graph(members, calibration, size), fmt, size, folder)
+    path = folder / GRAPH_FILES[fmt]
+    if failure is None:
+        return path, members, []
+    bad = find_untraceable(members, calibration, fmt, size, folder)
+    if not bad:
+        raise DfsearchError(f"writing the {fmt} graph failed, though each member's graph alone exports: {failure}")
+    if not skip_untraceable or len(bad) == len(members):
+        raise DfsearchError(_untraceable_message(bad, len(members), fmt))
+    dropped = {id(b["member"]) for b in bad}
+    kept = _renormalised([m for m in members if id(m) not in dropped])
+    path.unlink(missing_ok=True)  # what the failed attempt may have left
+    with torch.no_grad():
+        failure = _try_write(_torch_graph(kept, calibration, size), fmt, size, folder)
+    if failure is not None:
+        raise DfsearchError(f"without {', '.join(repr(b['member'].candidate) for b in bad)}, writing the {fmt} "
+                            f"graph still failed: {failure}")
+    return path, kept, bad
+
+
+def reduced_note(dropped: list[dict], n_members: int, fmt: str) -> str:
+    """What exporting without ``dropped`` means for the probabilities, for model.json, the card and
+    the summary."""
+    names = ", ".join(f"{b['member'].candidate} ({b['member'].arch})" for b in dropped)
+    return (f"exported without {len(dropped)} of the ensemble's {n_members} members ({names}), which cannot be "
+            f"exported as {fmt}: the others' weights are renormalised, and the blend's Platt map and decision "
+            f"threshold are kept as fitted on validation for all {n_members} members, so P(fake) differs from the full "
+            f"ensemble's (dfsearch predict on ensemble.json) and is not recalibrated for this subset")
 
 
 def run_exported(path: Path, fmt: str, images: np.ndarray) -> np.ndarray:
@@ -160,24 +321,37 @@ def run_exported(path: Path, fmt: str, images: np.ndarray) -> np.ndarray:
         return torch.jit.load(str(path))(torch.from_numpy(images)).numpy().astype(np.float64)
 
 
-def model_card(doc: dict, members, calibration, fmt: str, size: int, check: dict | None) -> str:
+def model_card(doc: dict, members, calibration, fmt: str, size: int, check: dict | None,
+               dropped: list[dict] = ()) -> str:
     """Markdown: what the model is, what it was trained and selected on, its test metrics with
-    intervals, how to call it, and its known limits."""
+    intervals, how to call it, and its known limits; with ``dropped`` (``write_graph``), which
+    members it lacks and that its probabilities, calibration and metrics are not the full ensemble's."""
     comp = (doc.get("comparison") or {}).get("rows", {})
-    lines = [f"# dfsearch deepfake detector: {len(members)}-member ensemble ({fmt})", "",
+    n_full = len(members) + len(dropped)
+    title = f"{len(members)}-member ensemble" if not dropped else f"{len(members)} of a {n_full}-member ensemble"
+    full = " for the full ensemble" if dropped else ""
+    lines = [f"# dfsearch deepfake detector: {title} ({fmt})", "",
              "Calibrated P(fake) for face images: real camera photos vs generated or manipulated ones.", "",
              "## Input and output", "",
              f"- input `images`: uint8 RGB, shape (N, 3, {size}, {size}); decode to RGB and do not resize images "
              f"that are already {size} x {size} (the networks look for pixel-level traces that resizing erases)",
              f"- output `prob_fake`: float32 (N,), calibrated on the validation split (Platt)",
-             f"- decision: fake when prob_fake >= {calibration.threshold:.4f} (chosen on validation)"
+             f"- decision: fake when prob_fake >= {calibration.threshold:.4f} (chosen on validation{full})"
              + ("" if calibration.calibrated else " (this ensemble was not calibrated: raw average, 0.5)"), "",
              "## Members", "", "| member | arch | weight | view | input filter |", "|---|---|---:|---|---|"]
     for m in members:
         d = m.describe()
         lines.append(f"| {m.candidate} | {m.arch} | {m.weight:.3f} | {d['input_policy']} {d['img_size']} px, "
                      f"{d['eval_view']} | {d['input_filter']} |")
+    if dropped:
+        lines += ["", "## Dropped members", "", f"This graph was {reduced_note(dropped, n_full, fmt)}.", "",
+                  "| member | arch | weight in the full ensemble | why |", "|---|---|---:|---|"]
+        lines += [f"| {b['member'].candidate} | {b['member'].arch} | {b['member'].weight:.3f} | "
+                  f"{b['error'].replace('|', '/')} |" for b in dropped]
     lines += ["", "## Test metrics (95 % bootstrap intervals)", ""]
+    if comp and dropped:
+        lines += [f"Measured for the full {n_full}-member ensemble, not for this graph without the dropped "
+                  f"members: evaluate it on your data (`dfsearch evaluate`).", ""]
     if comp:
         lines += ["| | accuracy | ROC-AUC | ECE |", "|---|---|---|---:|"]
         for name, row in comp.items():
@@ -206,15 +380,21 @@ def model_card(doc: dict, members, calibration, fmt: str, size: int, check: dict
               "network may score as real.",
               "- Calibration holds for data like the validation split; a different share of fakes shifts the best threshold."]
     if check:
-        lines += ["", f"Checked against `dfsearch predict` on {check['images']} images: max |difference| "
+        against = " of the same members (renormalised weights, the same calibration)" if dropped else ""
+        lines += ["", f"Checked against `dfsearch predict`{against} on {check['images']} images: max |difference| "
                       f"{check['max_abs_diff']:.2e}."]
     return "\n".join(lines) + "\n"
 
 
-def export(ensemble_json: Path, fmt: str, out: Path, size: int | None = None, check_paths=()) -> dict:
-    """Write the graph, ``model.json`` and ``MODEL_CARD.md`` to ``out``; returns the summary."""
-    import torch
+def export(ensemble_json: Path, fmt: str, out: Path, size: int | None = None, check_paths=(),
+           skip_untraceable: bool = False) -> dict:
+    """Write the graph, ``model.json`` and ``MODEL_CARD.md`` to ``out``; returns the summary.
 
+    Everything is written in a temporary folder and moved into ``out`` at the end, so a failed
+    export leaves ``out`` as it was (a ``--check`` difference above ``TOLERANCE`` moves the graph
+    there, for inspection). ``skip_untraceable``: see ``write_graph``; the summary then has
+    ``dropped`` and ``note``, and ``--check`` compares with predict of the members kept.
+    """
     from dfsearch.predict import _read_ensemble, find_images, load_ensemble, predict_images
 
     if fmt not in FORMATS:
@@ -225,32 +405,66 @@ def export(ensemble_json: Path, fmt: str, out: Path, size: int | None = None, ch
     members, calibration = load_ensemble(ensemble_json)
     size = size or input_size(members)
     check_size(members, size)
-    out.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        graph = _torch_graph(members, calibration, size)
-    path = _write(graph, fmt, size, out)
-    summary = {"format": fmt, "path": str(path), "input": {"name": "images", "dtype": "uint8", "shape": ["N", 3, size, size],
-               "channels": "RGB"}, "output": {"name": "prob_fake", "dtype": "float32", "shape": ["N"]},
-               "threshold": calibration.threshold, "calibrated": calibration.calibrated,
-               "members": [m.describe() for m in members], "ensemble": str(ensemble_json)}
-    check = None
-    if files:
-        images, good, skipped = _load_images(files, size)
-        if not good:
-            raise DfsearchError(f"--check: none of the {len(files)} images is a readable {size} x {size} image "
-                                f"({skipped[0]['path']}: {skipped[0]['reason']})")
-        want = np.array([p["prob_fake"] for p in predict_images(members, good, calibration=calibration)[0]])
-        got = run_exported(path, fmt, images)
-        check = {"images": len(good), "skipped": skipped, "max_abs_diff": float(np.max(np.abs(got - want)))}
-        summary["check"] = check
-        if check["max_abs_diff"] > TOLERANCE:
-            raise DfsearchError(f"the exported {fmt} graph differs from dfsearch predict by up to "
-                                f"{check['max_abs_diff']:.2e} on --check images (tolerance {TOLERANCE:g}); "
-                                f"{path} is kept for inspection")
-    (out / "model.json").write_text(json.dumps(summary, indent=2, default=str))
-    (out / "MODEL_CARD.md").write_text(model_card(_read_ensemble(Path(ensemble_json)), members, calibration, fmt,
-                                                  size, check))
+    stage = _stage_folder(out)
+    try:
+        staged, kept, dropped = write_graph(members, calibration, fmt, size, stage, skip_untraceable)
+        path = out / staged.name
+        summary = {"format": fmt, "path": str(path), "input": {"name": "images", "dtype": "uint8",
+                   "shape": ["N", 3, size, size], "channels": "RGB"},
+                   "output": {"name": "prob_fake", "dtype": "float32", "shape": ["N"]},
+                   "threshold": calibration.threshold, "calibrated": calibration.calibrated,
+                   "members": [m.describe() for m in kept], "ensemble": str(ensemble_json)}
+        if dropped:
+            summary["dropped"] = [{"candidate": b["member"].candidate, "arch": b["member"].arch,
+                                   "weight": b["member"].weight, "error": b["error"]} for b in dropped]
+            summary["note"] = reduced_note(dropped, len(members), fmt)
+        check = None
+        if files:
+            images, good, skipped = _load_images(files, size)
+            if not good:
+                raise DfsearchError(f"--check: none of the {len(files)} images is a readable {size} x {size} image "
+                                    f"({skipped[0]['path']}: {skipped[0]['reason']})")
+            # predict of the members in the graph: the reduced ensemble when some were dropped
+            want = np.array([p["prob_fake"] for p in predict_images(kept, good, calibration=calibration)[0]])
+            got = run_exported(staged, fmt, images)
+            check = {"images": len(good), "skipped": skipped, "max_abs_diff": float(np.max(np.abs(got - want)))}
+            if dropped:
+                check["against"] = "dfsearch predict of the members kept (renormalised weights, the same calibration)"
+            summary["check"] = check
+            if check["max_abs_diff"] > TOLERANCE:
+                _publish(stage, out)
+                raise DfsearchError(f"the exported {fmt} graph differs from dfsearch predict by up to "
+                                    f"{check['max_abs_diff']:.2e} on --check images (tolerance {TOLERANCE:g}); "
+                                    f"{path} is kept for inspection")
+        (stage / "model.json").write_text(json.dumps(summary, indent=2, default=str))
+        (stage / "MODEL_CARD.md").write_text(model_card(_read_ensemble(Path(ensemble_json)), kept, calibration, fmt,
+                                                        size, check, dropped))
+        _publish(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return summary
+
+
+def _stage_folder(out: Path) -> Path:
+    """A new temporary folder in ``out``'s nearest existing ancestor (``out`` itself when it exists):
+    on the same file system, so publishing is a rename, and nothing is created above ``out``."""
+    base = out
+    while not base.is_dir():
+        if base.exists() or base.parent == base:
+            raise DfsearchError(f"--out {out}: {base} is not a folder")
+        base = base.parent
+    return Path(tempfile.mkdtemp(dir=base, prefix=".dfsearch-export-"))
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move the files written in ``stage`` into ``out`` (created), replacing those of a former export."""
+    out.mkdir(parents=True, exist_ok=True)
+    for f in sorted(stage.iterdir()):
+        if f.is_file():
+            target = out / f.name
+            if target.is_file():
+                target.unlink()
+            shutil.move(str(f), str(target))
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -263,6 +477,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, help="input side in pixels (default: the largest crop a member takes)")
     p.add_argument("--check", nargs="+", default=[], metavar="PATH",
                    help="images (files or folders) to compare the exported graph with dfsearch predict on")
+    p.add_argument(SKIP_FLAG, action="store_true",
+                   help="when some members cannot be exported in --format, export the others (weights renormalised "
+                        "over them; the blend's calibration and threshold kept, so P(fake) differs from the full "
+                        "ensemble's; listed in model.json and the model card)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=run)
     return p
@@ -276,12 +494,14 @@ def run(args) -> int:
         raise DfsearchError(f"--size {args.size}: need >= 1")
     if is_uri(args.ensemble):  # URI/<run>/ensemble/ensemble.json: fetched as predict does
         args.ensemble = fetch_ensemble(args.ensemble)
-    summary = export(Path(args.ensemble), args.format, Path(args.out), args.size, args.check)
+    summary = export(Path(args.ensemble), args.format, Path(args.out), args.size, args.check, args.skip_untraceable)
     if args.json:
         print(json.dumps(summary, default=str))
         return 0
     print(f"wrote {summary['path']}: uint8 RGB (N, 3, {summary['input']['shape'][2]}, {summary['input']['shape'][3]}) "
           f"-> calibrated P(fake); fake when >= {summary['threshold']:.4f}")
+    if summary.get("dropped"):
+        print(f"{SKIP_FLAG}: {summary['note']}")
     if "check" in summary:
         c = summary["check"]
         print(f"checked on {c['images']} images against dfsearch predict: max |difference| {c['max_abs_diff']:.2e}"

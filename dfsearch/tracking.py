@@ -209,15 +209,21 @@ def log_images(run, images: dict) -> None:
         _warn(f"images not logged ({type(e).__name__}: {e})")
 
 
-def log_artifact(run, name: str, kind: str, files: dict, metadata: dict, uses: list = ()) -> str | None:
+def log_artifact(run, name: str, kind: str, files: dict, metadata: dict, uses: list = (),
+                 by_reference: bool = False) -> str | None:
     """Log ``files`` (``{name in the artifact: local file or folder}``) as a W&B artifact of type
-    ``kind`` ("dataset", "model", "ensemble") of this run, its ``metadata`` saying where it came from; returns the artifact's name or None.
+    ``kind`` ("dataset", "model", "ensemble") of this run, its ``metadata`` saying where it came
+    from; returns the artifact's name or None.
+
+    ``by_reference``: the files are recorded as ``file://`` references (path, size, checksum),
+    not uploaded: a trial's checkpoint stays in the run folder (or its bucket), and ending a trial
+    never waits on an upload of hundreds of MB inside Tune's event loop.
 
     Lineage: online, ``uses`` (artifact names, e.g. the trials' models an ensemble was built
-    from) become the run's inputs, so W&B draws dataset -> trial -> ensemble. W&B refuses
-    ``use_artifact`` offline; there the same names are kept in ``metadata["inputs"]``, which
-    ``wandb sync`` uploads with the artifact. Files are referenced, not copied (``immutable``:
-    a trial's best checkpoint does not change once the trial ended)."""
+    from) become the run's inputs, so W&B draws dataset -> trial -> ensemble; each link on its
+    own (one the server does not have, e.g. models of a search that ran offline, is warned and
+    skipped, the artifact still logged). W&B refuses ``use_artifact`` offline; there the same
+    names are kept in ``metadata["inputs"]``, which ``wandb sync`` uploads with the artifact."""
     if run is None:
         return None
     try:
@@ -225,14 +231,23 @@ def log_artifact(run, name: str, kind: str, files: dict, metadata: dict, uses: l
 
         art = wandb.Artifact(name, type=kind, metadata={**metadata, "inputs": list(uses)})
         for key, path in files.items():
-            path = Path(path)
-            if path.is_dir():
-                art.add_dir(str(path), name=key, policy="immutable")
+            path = Path(path).resolve()
+            if by_reference and path.exists():
+                art.add_reference(path.as_uri(), name=key)
+            elif path.is_dir():
+                art.add_dir(str(path), name=key)
             elif path.is_file():
-                art.add_file(str(path), name=key, policy="immutable")
-        if not run.offline:  # see the docstring: lineage edges need the server
-            for used in uses:
+                art.add_file(str(path), name=key)
+    except Exception as e:
+        _warn(f"artifact {name!r} not logged ({type(e).__name__}: {e})")
+        return None
+    if not run.offline:  # see the docstring: lineage edges need the server
+        for used in uses:
+            try:
                 run.use_artifact(f"{used}:latest")
+            except Exception as e:
+                _warn(f"artifact {name!r}: its input {used!r} not recorded ({type(e).__name__}: {e})")
+    try:
         run.log_artifact(art)
         return name
     except Exception as e:
@@ -264,8 +279,13 @@ def log_dataset(run, run_dir: str | Path) -> None:
     path = Path(run_dir) / DATASET_FILE
     if run is None or not path.is_file():
         return
-    manifest = json.loads(path.read_text())
-    log_artifact(run, _dataset_name(manifest), "dataset", {DATASET_FILE: path}, manifest)
+    try:
+        manifest = json.loads(path.read_text())
+        name = _dataset_name(manifest)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # a damaged manifest must not fail a finished search
+        _warn(f"dataset artifact not logged: {path} unreadable ({type(e).__name__}: {e})")
+        return
+    log_artifact(run, name, "dataset", {DATASET_FILE: path}, manifest)
 
 
 def dataset_root(run_dir: str | Path) -> str | None:

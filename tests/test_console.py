@@ -129,3 +129,47 @@ def test_progress_resumes_with_what_an_earlier_run_ended_and_respects_an_epoch_b
     assert p.ended == 2 and p.epochs_used() == 4 and p.epochs_planned() == 10
     assert p.best_text() == "best val_acc 0.8000 (a small_cnn)"
     assert p.eta_s() is None  # no epoch in this run yet: no rate
+
+
+def test_a_workers_own_notice_and_the_lines_under_a_shown_one_reach_the_terminal(tmp_path):
+    with terminal() as (out, err), Console(tmp_path):
+        print("\x1b[36m(trial_fn pid=42)\x1b[0m dfsearch: lost a worker; retry 1/2 from epoch 1", file=sys.stderr)
+        print("(RayTrainWorker pid=7) epoch 1/2 train_loss 0.69", file=sys.stderr)
+        print("dfsearch: a message\n  with a second line\nTrial status: 1 RUNNING", file=sys.stderr)
+    shown = err.getvalue()
+    assert "dfsearch: lost a worker; retry 1/2 from epoch 1" in shown and "pid=42" not in shown
+    assert "  with a second line" in shown
+    assert "RayTrainWorker" not in shown and "Trial status" not in shown
+
+
+def test_a_signal_handler_that_prints_inside_a_write_does_not_deadlock_and_threads_keep_whole_lines(tmp_path):
+    import threading
+
+    with terminal() as (_, err), Console(tmp_path) as console:
+        with console._lock:  # what a signal handler meets when it interrupts this thread inside a write
+            print("dfsearch: SIGINT: stopping", file=sys.stderr)
+
+        def writer(k):
+            for i in range(200):
+                print(f"thread {k} line {i} " + "x" * 50, file=sys.stdout if k % 2 else sys.stderr)
+
+        threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert "dfsearch: SIGINT: stopping" in err.getvalue()
+    lines = [x for x in (tmp_path / "search.log").read_text().splitlines() if x.startswith("thread ")]
+    assert len(lines) == 800 and all(x.endswith("x" * 50) and x.count("thread") == 1 for x in lines)
+
+
+def test_a_handler_made_while_the_console_was_on_writes_to_the_terminal_after_it(tmp_path):
+    logger = logging.getLogger("test_console_late_handler")
+    with terminal() as (_, err):
+        with Console(tmp_path):
+            handler = logging.StreamHandler()  # sys.stderr now: the console's tee (as Optuna's is made)
+            logger.addHandler(handler)
+        try:
+            assert handler.stream is err
+        finally:
+            logger.removeHandler(handler)

@@ -387,3 +387,105 @@ def test_export_refuses_an_input_smaller_than_a_member_s_crop_and_a_missing_chec
     rc, _, err = _export_cli(["--ensemble", ens, "--format", "onnx", "--out", tmp_path / "b", "--check",
                               tmp_path / "nope.jpg"])
     assert rc == 2 and "nope.jpg" in err and "no such file" in err and not (tmp_path / "b").exists()
+
+
+@pytest.fixture
+def half_untraceable(tmp_path, monkeypatch):
+    """An ensemble.json of two random-weight members at 32 px: ``good`` (small_cnn) and ``bad``
+    (capsnet), whose forward, in this process, branches in Python on a tensor's value.
+
+    Why patched: none of dfsearch's architectures fails to export (small_cnn, capsnet, alexnet,
+    resnet18, mobilenetv2, efficientnet_b0, xception, densenet121, inception_v3, vit_tiny and
+    swin_tiny were tried, onnx and torchscript, in torch 2.14), so the failing member is built from
+    a registered arch with the kind of code torch.export rejects (a guard on a data-dependent
+    value); in eager mode the patched forward computes what the original does (the clamp never
+    binds), so predict runs it as before. The members' own Platt maps pull them apart (good -> high,
+    bad -> low), so that the ensemble without ``bad`` gives clearly different probabilities.
+    """
+    import torch
+    from PIL import Image
+
+    from dfsearch import models
+    from dfsearch.models.capsnet import CapsNet
+
+    members = []
+    for name, arch, intercept in (("good", "small_cnn", 1.5), ("bad", "capsnet", -1.5)):
+        torch.manual_seed(len(members))
+        folder = tmp_path / "run" / name / "checkpoint_000001"
+        cfg = TrainConfig(arch=arch, img_size=32, input_policy="crop")
+        ckpt_io.save(folder, models.create(arch, img_size=32).eval(),
+                     {"train": cfg.model_dump(), "data": models.data_config(arch, 32)}, {})
+        members.append({"candidate": name, "weight": 0.5, "checkpoint": str(folder),
+                        "calibration": {"slope": 1.0, "intercept": intercept}})
+    ens = tmp_path / "ensemble.json"
+    ens.write_text(json.dumps({"members": members, "calibration": {"slope": 1.3, "intercept": 0.2, "threshold": 0.5}}))
+
+    original = CapsNet.forward
+
+    def forward_with_a_data_dependent_branch(self, x):
+        out = original(self, x)
+        if out.abs().max() > 1e4:  # Python control flow on a tensor's value: torch.export cannot trace it
+            out = out.clamp(-1e4, 1e4)
+        return out
+
+    monkeypatch.setattr(CapsNet, "forward", forward_with_a_data_dependent_branch)
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(4):
+        images.append(tmp_path / "check" / f"{i}.png")
+        images[-1].parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(images[-1])
+    return dict(ensemble=ens, images=images)
+
+
+def test_export_names_the_member_it_cannot_trace_and_writes_nothing(half_untraceable, tmp_path):
+    out = tmp_path / "out"
+    rc, stdout, err = _export_cli(["--ensemble", half_untraceable["ensemble"], "--format", "onnx", "--out", out])
+    assert rc == 2 and stdout == "", err
+    message = err.split("dfsearch export: error: ", 1)[1]
+    assert message.startswith("1 of the 2 members cannot be exported as onnx:"), message
+    assert "member 'bad' (capsnet): GuardOnDataDependentSymNode" in message and "'good'" not in message
+    assert "(at test_ensemble_cli.py:" in message  # torch's culprit: the line with the branch
+    assert "--skip-untraceable exports the other 1 without it" in message and "--format torchscript" in message
+    assert "Traceback" not in err and "def forward(" not in err and not out.exists()
+    assert not list(tmp_path.glob(".dfsearch-export-*"))  # the staging folder is gone too
+
+
+def test_export_skipping_the_untraceable_member_says_so_and_checks_the_reduced_ensemble(half_untraceable, tmp_path):
+    ens, images = half_untraceable["ensemble"], half_untraceable["images"]
+    out = tmp_path / "out"
+    rc, stdout, err = _export_cli(["--ensemble", ens, "--format", "onnx", "--out", out, "--skip-untraceable",
+                                   "--check", *images, "--json"])
+    assert rc == 0, err
+    summary = json.loads(stdout)
+    assert [m["candidate"] for m in summary["members"]] == ["good"] and summary["members"][0]["weight"] == 1.0
+    assert [(d["candidate"], d["arch"]) for d in summary["dropped"]] == [("bad", "capsnet")]
+    assert "differs from the full ensemble's" in summary["note"]
+    assert summary["check"]["images"] == len(images) and summary["check"]["max_abs_diff"] <= 1e-4
+    on_disk = json.loads((out / "model.json").read_text())
+    assert on_disk["dropped"] == summary["dropped"] and on_disk["note"] == summary["note"]
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "1 of a 2-member ensemble" in card and "## Dropped members" in card and "| bad | capsnet | 0.500 |" in card
+    assert "differs from the full ensemble's" in card
+
+    # not vacuous: the graph is the ensemble without 'bad', whose P(fake) the full one does not give
+    import onnxruntime as ort
+    from PIL import Image
+
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB")).transpose(2, 0, 1) for p in images])
+    got = ort.InferenceSession(summary["path"], providers=["CPUExecutionProvider"]).run(None, {"images": pixels})[0]
+    full, _ = predict_paths(ens, images)
+    assert np.min(np.abs(got - np.array([p["prob_fake"] for p in full]))) > 0.05
+
+    # the summary line says it too; and where nothing fails (torchscript traces the branch), the
+    # flag changes nothing
+    rc, stdout, err = _export_cli(["--ensemble", ens, "--format", "onnx", "--out", tmp_path / "o2",
+                                   "--skip-untraceable"])
+    said = "--skip-untraceable: exported without 1 of the ensemble's 2 members (bad (capsnet)), which cannot be exported"
+    assert rc == 0 and f"{said} as onnx" in stdout and "differs from the full ensemble's" in stdout
+    rc, stdout, err = _export_cli(["--ensemble", ens, "--format", "torchscript", "--out", tmp_path / "ts",
+                                   "--skip-untraceable", "--json"])
+    assert rc == 0, err
+    summary = json.loads(stdout)
+    assert "dropped" not in summary and [m["candidate"] for m in summary["members"]] == ["good", "bad"]
+

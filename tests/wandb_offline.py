@@ -29,7 +29,8 @@ def records(path: Path) -> list:
 
 def read_run(run_dir: Path) -> dict:
     """``{"group", "job_type", "project", "name", "config": {...}, "history": [{...}, ...],
-    "artifacts": [{"name", "type", "metadata", "files": {path in the artifact: local path}}]}``."""
+    "artifacts": [{"name", "type", "metadata", "files": {path in the artifact: local path, or the
+    ``file://`` URI of a reference}}]}``."""
     recs = records(next(Path(run_dir).glob("run-*.wandb")))
     out = {"config": {}, "history": [], "artifacts": []}
     for r in recs:
@@ -42,7 +43,7 @@ def read_run(run_dir: Path) -> dict:
         elif kind == "artifact":
             a = r.artifact
             out["artifacts"].append({"name": a.name, "type": a.type, "metadata": json.loads(a.metadata or "{}"),
-                                     "files": {e.path: e.local_path for e in a.manifest.contents}})
+                                     "files": {e.path: e.local_path or e.ref for e in a.manifest.contents}})
         elif kind == "history":
             out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
     out["config"] = {k: (v["value"] if isinstance(v, dict) and "value" in v else v) for k, v in out["config"].items()}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from dfsearch.ensemble.alignment import Pool
-from dfsearch.ensemble.calibration import calibrate, choose_threshold, fit_platt
+from dfsearch.ensemble.calibration import apply_candidates, calibrate, choose_threshold, fit_platt
 from dfsearch.ensemble.scorer import sanitize
 from dfsearch.ensemble.selection import Selection, rank_candidates
 from dfsearch.metrics import binary_metrics, ece
@@ -29,6 +29,21 @@ def blend(P: np.ndarray, weights: dict[int, float]) -> np.ndarray:
     for i, w in sorted(weights.items()):
         out += w * sanitize(P[i]).astype(np.float64)
     return out / total
+
+
+def ensemble_probs(P: np.ndarray, members: list[dict], calibration: dict | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(calibrated, raw, per_member)`` of an ensemble.json's ``members`` (rows of ``P``, in that
+    order, their stored probabilities) and ``calibration``, computed as the ensemble command
+    computed them: each row through its member's Platt map (``apply_candidates``: a non-finite
+    prediction stays one), the weighted ``blend`` (a non-finite one counts 0.5), the blend's Platt
+    map. ``per_member``: the rows after their maps. An ensemble.json from before calibration: no
+    maps, the raw blend."""
+    maps = [((m.get("calibration") or {}).get("slope", 1.0), (m.get("calibration") or {}).get("intercept", 0.0))
+            for m in members]
+    Pc = apply_candidates(P, maps) if any(m.get("calibration") for m in members) else np.asarray(P, np.float32)
+    raw = blend(Pc, {i: float(m["weight"]) for i, m in enumerate(members)})
+    cal = calibration or {"slope": 1.0, "intercept": 0.0}
+    return calibrate(raw, cal["slope"], cal["intercept"]), raw, Pc
 
 
 def evaluate(pool: Pool, selection: Selection, top_k: int) -> dict:

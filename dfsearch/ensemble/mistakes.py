@@ -1,9 +1,9 @@
 """The ensemble's most confident mistakes, from the prediction store (no model is run).
 
 ``scored(store_dir, result, split)`` recomputes the calibrated ensemble P(fake) of every stored
-sample exactly as ``dfsearch predict`` computes it for a new image: each member's stored
-probability through its own Platt map, the weighted average, the blend's Platt map, the stored
-threshold. ``confident_mistakes`` keeps the wrong ones, the most confident first: the images a user
+sample as the ensemble command computed it (``evaluation.ensemble_probs``: each member's stored
+probability through its own Platt map, the weighted average, the blend's Platt map; what
+``dfsearch predict`` computes for a new image), and the decision at the stored threshold. ``confident_mistakes`` keeps the wrong ones, the most confident first: the images a user
 should look at before trusting the detector (W&B's predictions table, the report).
 """
 
@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dfsearch.ensemble.alignment import align
-from dfsearch.ensemble.calibration import calibrate
-from dfsearch.ensemble.scorer import sanitize
+from dfsearch.ensemble.evaluation import ensemble_probs
 from dfsearch.store import read_predictions
 
 
@@ -26,20 +25,11 @@ def scored(store_dir: str | Path, result: dict, split: str = "test") -> pd.DataF
     probability given to the predicted class), and ``p_<member>`` (each member after its map)."""
     pool = align(read_predictions(store_dir))
     row = {c: i for i, c in enumerate(pool.candidates)}
-    members = result["members"]
-    total = sum(float(m["weight"]) for m in members)
-    blend = np.zeros(len(pool.y[split]))
-    out = {"sample_id": pool.sample_ids[split], "label": pool.y[split].astype(int)}
-    for m in members:
-        p = sanitize(pool.P[split][row[m["candidate"]]]).astype(np.float64)
-        cal = m.get("calibration")
-        if cal:
-            p = calibrate(p, cal["slope"], cal["intercept"])
-        out[f"p_{m['candidate']}"] = p
-        blend += float(m["weight"]) / total * p
-    cal = result["calibration"]
-    prob = calibrate(blend, cal["slope"], cal["intercept"])
+    members, cal = result["members"], result["calibration"]
+    prob, _, per_member = ensemble_probs(pool.P[split][[row[m["candidate"]] for m in members]], members, cal)
     predicted = (prob >= cal["threshold"]).astype(int)
+    out = {"sample_id": pool.sample_ids[split], "label": pool.y[split].astype(int),
+           **{f"p_{m['candidate']}": per_member[i].astype(np.float64) for i, m in enumerate(members)}}
     df = pd.DataFrame(out)
     df.insert(2, "prob_fake", prob)
     df.insert(3, "predicted", predicted)

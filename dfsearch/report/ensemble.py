@@ -182,8 +182,7 @@ def test_probabilities(run: RunFolder, doc: dict) -> tuple[dict | None, str | No
 
     Rebuilt as ``dfsearch predict`` does, then checked: the calibrated blend at the stored threshold
     must give the JSON's test accuracy (else the store changed since the ensemble was made)."""
-    from dfsearch.ensemble.calibration import apply_candidates, calibrate
-    from dfsearch.ensemble.evaluation import blend
+    from dfsearch.ensemble.evaluation import ensemble_probs
 
     store = run.path if run.has(PREDICTIONS_FILE) else None
     if store is None:
@@ -196,12 +195,8 @@ def test_probabilities(run: RunFolder, doc: dict) -> tuple[dict | None, str | No
     wide = preds.pivot(index="sample_id", columns="candidate", values="prob_fake").sort_index()
     y = preds.drop_duplicates("sample_id").set_index("sample_id").loc[wide.index, "label"].to_numpy().astype(int)
     P = wide[names].to_numpy(np.float32).T
-    maps = [((m.get("calibration") or {}).get("slope", 1.0), (m.get("calibration") or {}).get("intercept", 0.0))
-            for m in doc["members"]]
-    Pc = apply_candidates(P, maps) if any(m.get("calibration") for m in doc["members"]) else P
-    raw = blend(Pc, {i: m["weight"] for i, m in enumerate(doc["members"])})
     cal = doc.get("calibration") or {"slope": 1.0, "intercept": 0.0, "threshold": 0.5}
-    p = calibrate(raw, cal["slope"], cal["intercept"])
+    p, raw, _ = ensemble_probs(P, doc["members"], cal)
     want = ((doc.get("comparison") or {}).get("rows") or {}).get("ensemble", {}).get("test", {}).get("accuracy")
     got = float(np.mean((p >= cal["threshold"]) == (y == 1)))
     if want is not None and abs(got - want) > 1e-6:

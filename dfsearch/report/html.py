@@ -100,10 +100,11 @@ def _close(fig) -> None:
 
 
 def img(png: bytes, alt: str, caption: str | None = None, width: int | None = None) -> str:
-    """PNG bytes as an inline ``<img src="data:image/png;base64,...">`` in a ``<figure>``."""
+    """PNG bytes as an inline ``<img src="data:image/png;base64,...">`` in a ``<figure>``; ``caption``
+    is plain text (escaped: captions name dataset folders and families, which a user's data names)."""
     data = base64.b64encode(png).decode("ascii")
     w = f' width="{width}"' if width else ""
-    cap = f"<figcaption>{caption}</figcaption>" if caption else ""
+    cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
     return f'<figure><img alt="{esc(alt)}"{w} src="data:image/png;base64,{data}">{cap}</figure>'
 
 

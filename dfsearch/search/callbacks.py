@@ -186,7 +186,14 @@ def ended_records(run_dir: Path) -> list[dict]:
         lines = (run_dir / PROGRESS_FILE).read_text().splitlines()
     except OSError:
         return []
-    return [json.loads(line) for line in lines if line.strip()]
+    seen = {}
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        seen.setdefault(record.get("trial_id"), record)  # a trial re-run after a kill counts once
+    return list(seen.values())
 
 
 def ended_trials(run_dir: Path) -> set[str]:
@@ -194,20 +201,29 @@ def ended_trials(run_dir: Path) -> set[str]:
 
 
 class ShowProgress(_Bound):
-    """Tells the live view what Tune sees; a line per ended trial says how it ended."""
+    """Tells the live view what Tune sees; a line per ended trial says how it ended. A terminal
+    that cannot be written to never stops the search (warned once)."""
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        if self.live.progress is not None:
-            self.live.progress.started(trial.trial_id, str(trial.config.get("arch")))
+        self._safely(self.live.progress.started, trial.trial_id, str(trial.config.get("arch")))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if self.live.progress is not None:
-            self.live.progress.result(trial.trial_id, str(trial.config.get("arch")), int(result.get("epoch") or 0),
-                                      result.get(self.live.space.metric))
+        self._safely(self.live.progress.result, trial.trial_id, str(trial.config.get("arch")),
+                     int(result.get("epoch") or 0), result.get(self.live.space.metric))
 
     def ended(self, trial, how):
-        if self.live.progress is None:
+        self._safely(self._ended, trial, how)
+
+    def _safely(self, fn, *args) -> None:
+        if self.live.progress is None or getattr(self, "_broken", False):
             return
+        try:
+            fn(*args)
+        except Exception as e:
+            self._broken = True
+            _warn("the progress view stopped", e)
+
+    def _ended(self, trial, how):
         last = trial.last_result or {}
         epoch, max_epochs = last.get("epoch"), self.live.profile.max_epochs
         if how == "finished":
@@ -258,7 +274,7 @@ class WandbTrials(_Bound):
                 run, tracking.model_artifact(self.live.group, trial.trial_id), "model", {"checkpoint": path},
                 {"trial_id": trial.trial_id, "arch": trial.config.get("arch"), "status": how, "checkpoint": str(path),
                  **{k: metrics.get(k) for k in ("epoch", "val_acc", "val_auc", "val_loss") if k in metrics}},
-                uses=[self.live.dataset_artifact] if self.live.dataset_artifact else [])
+                uses=[self.live.dataset_artifact] if self.live.dataset_artifact else [], by_reference=True)
         tracking.finish(run)
 
     def on_experiment_end(self, trials, **info):

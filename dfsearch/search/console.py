@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import sys
 import threading
 import time
@@ -27,15 +28,20 @@ HEARTBEAT_S = 60.0  # without a terminal (CI logs, nohup): a status line at most
 SHOWN_PREFIXES = ("dfsearch:", "W&B:", "run_search.py:")  # our own notices: on the terminal even when quiet
 
 _ACTIVE: "Console | None" = None
+_RAY_PREFIX = re.compile(r"^(?:\x1b\[[0-9;]*m)*\([^)]*pid=[^)]*\)(?:\x1b\[[0-9;]*m)*\s*")  # "(trial_fn pid=1) "
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class _Tee(io.TextIOBase):
     """A text stream that writes every line to the log and, when ``show(line)``, to the terminal."""
 
-    def __init__(self, log, term, show):
+    def __init__(self, log, term, show, lock):
         self._log, self._term, self._show = log, term, show
-        self._buf = ""
-        self._lock = threading.Lock()
+        self._bufs: dict[int, str] = {}  # per thread: print() writes a line and its "\n" in two calls
+        self._shown = False  # the last complete line went to the terminal (its continuation lines follow it)
+        # one re-entrant lock for both streams and ``say``: they share the log file, and a signal
+        # handler that prints (StopOnSignal) may run while this thread is inside a write
+        self._lock = lock
 
     def writable(self) -> bool:
         return True
@@ -47,12 +53,14 @@ class _Tee(io.TextIOBase):
         with self._lock:
             if self._log is None:  # the console has ended: a late writer (a Ray thread) reaches the terminal
                 return self._term.write(s)
-            self._log.write(s)
-            self._buf += s
-            *lines, self._buf = self._buf.split("\n")
-            for line in lines:
-                if self._show(line):
-                    _to_terminal(self._term, line)
+            me = threading.get_ident()
+            *lines, self._bufs[me] = (self._bufs.get(me, "") + s).split("\n")
+            for line in lines:  # whole lines only: the log is shared by threads and by both streams
+                self._log.write(line + "\n")
+                shown = self._show(line, self._shown)
+                if shown is not None:
+                    _to_terminal(self._term, shown)
+                self._shown = shown is not None
         return len(s)
 
     def flush(self) -> None:
@@ -63,17 +71,27 @@ class _Tee(io.TextIOBase):
 
     def detach_log(self) -> None:
         with self._lock:
-            if self._buf and self._show(self._buf):
-                _to_terminal(self._term, self._buf)
-            self._log, self._buf = None, ""
+            for rest in filter(None, self._bufs.values()):
+                self._log.write(rest + "\n")
+                if (shown := self._show(rest, self._shown)) is not None:
+                    _to_terminal(self._term, shown)
+            self._log, self._bufs = None, {}
 
 
-def _ALL(line: str) -> bool:
-    return True
+def _ALL(line: str, after_shown: bool) -> str:
+    return line
 
 
-def _ours(line: str) -> bool:
-    return line.startswith(SHOWN_PREFIXES)
+def _ours(line: str, after_shown: bool) -> str | None:
+    """The line as the terminal shows it, or None: dfsearch's own lines, also when a Ray worker
+    printed them (``(trial_fn pid=1) dfsearch: ...``, colour codes dropped), and the indented
+    continuation lines of one that was shown (a traceback, a multi-line message)."""
+    plain = _ANSI.sub("", _RAY_PREFIX.sub("", line))
+    if plain.startswith(SHOWN_PREFIXES):
+        return plain
+    if after_shown and line[:1] in (" ", "\t") and not _RAY_PREFIX.match(line):
+        return line
+    return None
 
 
 def _to_terminal(term, text: str) -> None:
@@ -102,8 +120,11 @@ class Console:
         self._log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}\n")
         self.out, self.err = sys.stdout, sys.stderr  # the terminal (or a test's captured streams)
         show = _ALL if self.verbose else _ours
-        sys.stdout, sys.stderr = _Tee(self._log, self.out, show), _Tee(self._log, self.err, show)
-        self._handlers = _point_handlers({self.out: sys.stdout, self.err: sys.stderr})
+        self._lock = threading.RLock()
+        sys.stdout, sys.stderr = (_Tee(self._log, self.out, show, self._lock),
+                                  _Tee(self._log, self.err, show, self._lock))
+        self._tees = {sys.stdout: self.out, sys.stderr: self.err}
+        _point_handlers({self.out: sys.stdout, self.err: sys.stderr})
         _ACTIVE = self
         return self
 
@@ -112,22 +133,28 @@ class Console:
         if self.progress is not None:
             self.progress.close()
         _ACTIVE = None
-        tees = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = self.out, self.err
-        for handler, stream in self._handlers:
-            handler.setStream(stream)
-        for tee in tees:
-            if isinstance(tee, _Tee):
-                tee.detach_log()
-        self._log.close()
+        # the handlers pointed at the tees: ours, and those made while the console was on (Optuna's)
+        _point_handlers(self._tees)
+        for tee in self._tees:
+            tee.detach_log()
+        with self._lock:
+            self._log.close()
 
     def say(self, text: str, err: bool = False) -> None:
         """``text`` on the terminal (stdout, or stderr) and in the log."""
-        self._log.write(text + "\n")
-        _to_terminal(self.err if err else self.out, text)
+        self.log(text)
+        with self._lock:
+            _to_terminal(self.err if err else self.out, text)
+
+    def log(self, text: str) -> None:
+        """``text`` in the log only."""
+        with self._lock:
+            if not self._log.closed:
+                self._log.write(text + "\n")
 
     def start_progress(self, **kw) -> "SearchProgress":
-        self.progress = SearchProgress(term=self.err, bar=not self.verbose and self.err.isatty(), **kw)
+        self.progress = SearchProgress(term=self.err, bar=not self.verbose and self.err.isatty(), log=self.log, **kw)
         return self.progress
 
 
@@ -143,17 +170,14 @@ def active() -> "Console | None":
     return _ACTIVE
 
 
-def _point_handlers(streams: dict) -> list:
-    """Logging handlers that write to the terminal streams write to the tees instead; returns
-    (handler, original stream) pairs to restore."""
-    changed = []
+def _point_handlers(streams: dict) -> None:
+    """Every logging handler that writes to a key of ``streams`` writes to its value instead."""
     loggers = [logging.getLogger()] + [v for v in logging.Logger.manager.loggerDict.values()
                                        if isinstance(v, logging.Logger)]
     for logger in loggers:
         for h in logger.handlers:
             if type(h) is logging.StreamHandler and h.stream in streams:
-                changed.append((h, h.setStream(streams[h.stream])))
-    return changed
+                h.setStream(streams[h.stream])
 
 
 class SearchProgress:
@@ -166,10 +190,11 @@ class SearchProgress:
     the epochs per second so far. ASHA makes it rough early on; it is shown as ``~``."""
 
     def __init__(self, *, planned: int, max_epochs: int, metric: str, mode: str, budget_epochs: int | None = None,
-                 ended: list[dict] | None = None, term=None, bar: bool = False):
+                 ended: list[dict] | None = None, term=None, bar: bool = False, log=None):
         self.planned, self.max_epochs, self.metric, self.mode = planned, max_epochs, metric, mode
         self.budget = budget_epochs
         self.term = term if term is not None else sys.stderr
+        self.log = log or (lambda text: None)  # the per-trial lines go to the log file too
         self.t0 = time.time()
         self.running: dict[str, dict] = {}  # trial -> {"arch", "epoch"}
         self.ended_epochs: list[int] = []
@@ -205,6 +230,7 @@ class SearchProgress:
         self._refresh()
         if self._bar is None and time.time() - self._said_at >= HEARTBEAT_S:
             self._said_at = time.time()
+            self.log(f"... {self.status()}")
             print(f"... {self.status()}", file=self.term, flush=True)
 
     def trial_ended(self, trial: str, arch: str, how: str, epoch: int | None, value, note: str = "") -> None:
@@ -216,6 +242,7 @@ class SearchProgress:
         shown = f"{self.metric} {value:.4f}" if isinstance(value, (int, float)) else "no result"
         line = (f"[{self.ended}/{self.planned}] {trial} {arch}: {how} after {epoch} epoch(s), {shown}"
                 + (f"; {note}" if note else "") + f" | {self.status()}")
+        self.log(line)
         if self._bar is not None:
             self._bar.update(1)
             self._bar.write(line, file=self.term)

@@ -114,7 +114,8 @@ def report_html(run: Path | None, ensemble_json: Path) -> str:
                 f'Make it with</p><pre>dfsearch report {_e(run)}</pre><p>then open this tab again.</p></div>')
     except (OSError, UnicodeDecodeError) as e:
         return f'<div id="dfs-report-missing"><p class="dfs-error">cannot read {_e(path)}: {_e(e)}</p></div>'
-    return (f'<iframe id="dfs-report" title="run report" style="width:100%;height:85vh;border:0" '
+    # sandbox: the page has no script of its own, and nothing in it may run with the app's origin
+    return (f'<iframe id="dfs-report" title="run report" sandbox="" style="width:100%;height:85vh;border:0" '
             f'srcdoc="{_e(page)}"></iframe>')
 
 

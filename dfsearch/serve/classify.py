@@ -11,6 +11,7 @@ A file that cannot be decoded is an error row naming it; the other files still g
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,7 +91,12 @@ def classify(ens: Loaded, files: list, heatmaps: int = MAX_HEATMAPS) -> tuple[li
     top = ens.members.index(ens.top)
     for i, row in enumerate(rows):
         img = row.pop("image")
-        row["heatmap"] = (explain_top(ens, img, row["members"][top]["prob_fake"]) if i < heatmaps else None)
+        row["heatmap"] = None
+        if i < heatmaps:
+            try:
+                row["heatmap"] = explain_top(ens, img, row["members"][top]["prob_fake"])
+            except Exception as e:  # a heatmap that cannot be made must not take the scores with it
+                print(f"dfsearch serve: no heatmap for {row['file']}: {type(e).__name__}: {e}", file=sys.stderr)
     return rows, errors
 
 

@@ -13,6 +13,7 @@ are switched off: nothing leaves the machine unless ``--share`` is given.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import os
 import socket
@@ -46,7 +47,7 @@ def check_port(host: str, port: int) -> None:
         raise DfsearchError(f"port {port} on {host}: not allowed for this user (ports below 1024 need root); "
                             f"try --port {DEFAULT_PORT}") from None
     except OSError as e:
-        in_use = e.errno == 98  # EADDRINUSE
+        in_use = e.errno == errno.EADDRINUSE
         if not in_use:
             raise DfsearchError(f"port {port} on {host}: cannot listen there ({e.strerror})") from None
     free = next((p for p in range(port + 1, min(port + SUGGEST_RANGE, 65535) + 1) if _free(host, p)), None)
