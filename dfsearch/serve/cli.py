@@ -17,6 +17,7 @@ import errno
 import importlib.util
 import os
 import socket
+import sys
 
 from dfsearch.errors import DfsearchError
 
@@ -63,6 +64,9 @@ def _free(host: str, port: int) -> bool:
         return False
 
 
+MAX_UPLOAD = "50mb"  # per file: a face image is far smaller; a bigger upload is refused by Gradio, not decoded
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``serve`` as a subcommand of ``dfsearch``."""
     p = subparsers.add_parser("serve", help="a web app: upload images, get P(fake), each member's vote, a heatmap, "
@@ -92,10 +96,13 @@ def run(args) -> int:
 
     ens = load(args.ensemble, args.device)
     print(f"dfsearch serve: {ens.path}: {ens.summary()}; device {ens.device}", flush=True)
+    if args.share or args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"dfsearch serve: warning: {'a public link' if args.share else f'--host {args.host}'}: anyone who can "
+              f"reach it can upload images and read the run's report; there is no login", file=sys.stderr)
     demo = build(ens)
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
-                    show_error=True, quiet=True, css=CSS)
+                    show_error=True, quiet=True, css=CSS, max_file_size=MAX_UPLOAD)
     except OSError as e:  # taken between the check and now
         raise DfsearchError(f"port {args.port} on {args.host}: {e}") from None
     host = f"[{args.host}]" if ":" in args.host else args.host
