@@ -117,8 +117,11 @@ def test_time_left_follows_the_epoch_rate_and_the_epochs_trials_really_run():
     p.trial_ended("a", "x", "stopped early", 2, 0.4)  # ASHA: trials run 2 epochs, not 4
     # 3 trials left x 2 epochs x 50 s
     assert p.eta_s() == pytest.approx(300, rel=0.05)
+    p.started("b", "x")
+    p.result("b", "x", 3, 0.45)  # past the mean (2): promoted by ASHA, expected to run its 4 epochs
+    p.t0 = time.time() - 250  # 5 epochs in 250 s: 50 s an epoch
+    assert p.eta_s() == pytest.approx((2 * 2 + 1) * 50, rel=0.05)
     assert p.best_text() == "best val_loss 0.4000 (a x)"  # mode min
-    p.result("b", "x", 1, 0.45)
     assert p.best[0] == 0.4
 
 

@@ -186,8 +186,8 @@ class SearchProgress:
     a line per ended trial. Fed by a Tune callback (``callbacks.ShowProgress``) in the driver.
 
     The time left is a rate estimate: epochs still expected (unstarted trials x the mean epochs of
-    the ended ones, ``max_epochs`` before any ended, plus what running ones have left of that) over
-    the epochs per second so far. ASHA makes it rough early on; it is shown as ``~``."""
+    the ended ones, ``max_epochs`` before any ended, plus what running ones have left of that, or of
+    ``max_epochs`` for one already past it) over the epochs per second so far. ASHA makes it rough early on; it is shown as ``~``."""
 
     def __init__(self, *, planned: int, max_epochs: int, metric: str, mode: str, budget_epochs: int | None = None,
                  ended: list[dict] | None = None, term=None, bar: bool = False, log=None):
@@ -272,7 +272,9 @@ class SearchProgress:
             return None
         per_trial = (sum(self.ended_epochs) / len(self.ended_epochs)) if self.ended_epochs else self.max_epochs
         unstarted = max(0, self.planned - self.ended - len(self.running))
-        left = unstarted * per_trial + sum(max(0.0, per_trial - r["epoch"]) for r in self.running.values())
+        # a running trial past the mean has survived ASHA's rungs so far: expect it to run to the end
+        left = unstarted * per_trial + sum((per_trial if r["epoch"] < per_trial else self.max_epochs) - r["epoch"]
+                                           for r in self.running.values())
         left = min(left, max(0, self.epochs_planned() - self.epochs_used()))
         return left / (self.epochs_now / elapsed)
 
