@@ -252,12 +252,15 @@ def run(args) -> int:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    print(f"ensemble: selecting from {store_dir}" + ("" if args.no_cost else
+          "; then the members' checkpoints are loaded and timed (--no-cost skips the timing)"), file=sys.stderr)
     try:
         result = run_ensemble(store_dir, top_k=args.top_k, rounds=args.rounds, metric=args.metric,
                               nbest=args.nbest, chance_z=None if args.keep_chance_level else DEFAULT_Z,
                               target_fpr=args.target_fpr, n_boot=args.bootstrap, cost=not args.no_cost,
                               calibrate_candidates=not args.raw_candidates,
                               out_dir=scratch)
+        print(f"ensemble: checking that predict can load the {len(result['members'])} member(s)", file=sys.stderr)
         check_members(result["members"], store_dir)
         out.mkdir(parents=True, exist_ok=True)
         for f in scratch.iterdir():
