@@ -277,6 +277,9 @@ def run(args) -> int:
         copied = target.child(out.name)
         if not remote.try_push(out, copied, "the ensemble", delete=True):
             copied = None
+        else:  # the run's command log too (this command is in it): `dfsearch report URI` shows it
+            remote.try_push(store_dir, target, "the command log",
+                            exclude=tuple(p.name for p in store_dir.iterdir() if p.name != commands.FILE))
     if args.json:
         print(json.dumps({**result, "out_dir": str(out), **({"uri": copied.uri} if copied else {})}))
         return 0

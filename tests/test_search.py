@@ -506,6 +506,8 @@ def test_search_to_s3_leaves_everything_there_for_ensemble_and_predict_elsewhere
                           "--keep-chance-level"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["uri"] == target.child("ensemble").uri and target.exists("ensemble/ensemble.json")
+    log = target.fs.open_input_stream(target.child(commands.FILE).path).read().decode()
+    assert [json.loads(line)["argv"][:3] for line in log.splitlines()][-1] == ["python", "ensemble.py", "--run"]
     preds = store.read_predictions(remote.staging_dir(target.uri))
     test = preds[preds.split == "test"].pivot(index="sample_id", columns="candidate", values="prob_fake")
     ids = list(test.index[:4])
