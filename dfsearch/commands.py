@@ -1,7 +1,7 @@
 """The commands that produced a run, one JSON line each in ``<run>/commands.jsonl``.
 
-``record`` is called by the commands that make a run (the search, ``ensemble.py``); ``read`` gives
-them back, oldest first, for ``dfsearch report``.
+``record`` is called by the commands that make a run (the search, ``ensemble.py``, ``dfsearch
+train``) with ``typed(args, prog)``; ``read`` gives them back, oldest first, for ``dfsearch report``.
 A line: ``{"time": ISO-8601, "cwd": ..., "command": "python run_search.py --space demo", "argv": [...]}``.
 """
 
@@ -21,6 +21,12 @@ def command_line(prog: str, argv: list[str] | None) -> list[str]:
     """What the user typed: ``prog`` (e.g. ``python run_search.py``, ``dfsearch``) and the
     arguments a ``main(argv)`` was given (``None``: this process's ``sys.argv[1:]``)."""
     return [*shlex.split(prog), *(sys.argv[1:] if argv is None else [str(a) for a in argv])]
+
+
+def typed(args, prog: str) -> list[str]:
+    """The command line the entry point saw (``args.command_line``, set by each ``main``), or,
+    for a caller that built ``args`` itself, ``prog`` with this process's arguments."""
+    return getattr(args, "command_line", None) or command_line(prog, None)
 
 
 def record(run_dir: str | os.PathLike, argv: list[str]) -> None:

@@ -268,8 +268,7 @@ def run(args) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    commands.record(out.parent if out.parent == store_dir else out,
-                    getattr(args, "command_line", None) or commands.command_line("python ensemble.py", None))
+    commands.record(out.parent if out.parent == store_dir else out, commands.typed(args, "python ensemble.py"))
     mode = tracking.resolve_mode(args.wandb_mode, dir=out)
     log_to_wandb(result, out, group=store_dir.name, mode=mode, project=args.wandb_project, store_dir=store_dir)
     copied = None

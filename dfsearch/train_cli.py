@@ -123,7 +123,7 @@ def run(args) -> int:
     from dfsearch import commands, store
 
     store.write_store([summary], out)
-    commands.record(out, getattr(args, "command_line", None) or commands.command_line("dfsearch train", None))
+    commands.record(out, commands.typed(args, "dfsearch train"))
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2, default=str))
     if args.json:
         print(json.dumps(summary, default=str), file=real_stdout)

@@ -166,10 +166,6 @@ def say(text: str, err: bool = False) -> None:
         print(text, file=sys.stderr if err else sys.stdout)
 
 
-def active() -> "Console | None":
-    return _ACTIVE
-
-
 def _point_handlers(streams: dict) -> None:
     """Every logging handler that writes to a key of ``streams`` writes to its value instead."""
     loggers = [logging.getLogger()] + [v for v in logging.Logger.manager.loggerDict.values()
@@ -197,13 +193,11 @@ class SearchProgress:
         self.log = log or (lambda text: None)  # the per-trial lines go to the log file too
         self.t0 = time.time()
         self.running: dict[str, dict] = {}  # trial -> {"arch", "epoch"}
-        self.ended_epochs: list[int] = []
+        self.ended_epochs: list[int] = []  # one entry per ended trial: its epochs
         self.epochs_before = 0  # epochs of trials that ended in an earlier run (--resume): not in the rate
         self.epochs_now = 0
         self.best: tuple[float, str, str] | None = None  # (value, trial, arch)
-        self.ended = 0
         for e in ended or []:  # what an interrupted run had ended already
-            self.ended += 1
             self.ended_epochs.append(int(e.get("epoch") or 0))
             self.epochs_before += int(e.get("epoch") or 0)
             self._consider(e.get(metric), e.get("trial_id", "?"), e.get("arch", "?"))
@@ -236,7 +230,6 @@ class SearchProgress:
     def trial_ended(self, trial: str, arch: str, how: str, epoch: int | None, value, note: str = "") -> None:
         run = self.running.pop(trial, {"epoch": 0})
         epoch = int(epoch or run["epoch"] or 0)
-        self.ended += 1
         self.ended_epochs.append(epoch)
         self._consider(value, trial, arch)
         shown = f"{self.metric} {value:.4f}" if isinstance(value, (int, float)) else "no result"
@@ -257,6 +250,10 @@ class SearchProgress:
             self._bar = None
 
     # -- pure views ----------------------------------------------------------------------------
+    @property
+    def ended(self) -> int:
+        return len(self.ended_epochs)
+
     def epochs_used(self) -> int:
         return self.epochs_before + self.epochs_now
 

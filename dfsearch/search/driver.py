@@ -62,8 +62,7 @@ def run(args, report_to=None) -> int:
     folder.run_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:
         spec.save(folder.run_dir)
-    commands.record(folder.run_dir, getattr(args, "command_line", None) or commands.command_line("dfsearch search",
-                                                                                                   None))
+    commands.record(folder.run_dir, commands.typed(args, "dfsearch search"))
     with Console(folder.run_dir, options.verbose) as console:
         return _run(args, space, spec, options, folder, plan, index, mode, name, started, console, report_to)
 
