@@ -72,9 +72,10 @@ def best(trial_dir: Path) -> tuple[Path, dict] | None:
     return ckpt, metrics
 
 
-def latest(trial_dir: Path) -> Path | None:
-    """The checkpoint of the last epoch (where an interrupted trial resumes), or None."""
-    found = [(m.get("epoch", 0), c) for c, m in _checkpoints(trial_dir)]
+def latest(trial_dir: Path, upto: int | None = None) -> Path | None:
+    """The checkpoint of the last epoch (where an interrupted trial resumes), or None; with
+    ``upto``, of the last epoch up to that one."""
+    found = [(m.get("epoch", 0), c) for c, m in _checkpoints(trial_dir) if upto is None or m.get("epoch", 0) <= upto]
     return max(found)[1] if found else None
 
 

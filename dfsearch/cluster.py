@@ -126,3 +126,18 @@ def scaling_config(workers: int, use_gpu: bool, cpus_per_worker: float = 1.0, gp
     if use_gpu:
         res["GPU"] = gpus_per_worker
     return ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=res)
+
+
+def free_placement_group(pg_hex: str) -> bool:
+    """Remove the placement group ``pg_hex`` (its ``id.hex()``) unless it is gone already; True
+    when this call removed it. Needed where a Train run ended without its controller cleaning up:
+    Ray scopes a placement group to the job, not to the actor that made it, so a killed controller's
+    worker group keeps its CPUs/GPUs reserved until the search ends."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    pg = PlacementGroup(ray.PlacementGroupID.from_hex(pg_hex))
+    if placement_group_table(pg).get("state") in (None, "REMOVED"):
+        return False
+    remove_placement_group(pg)
+    return True

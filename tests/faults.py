@@ -13,6 +13,10 @@ named by ``$DFSEARCH_TEST_FAULTS`` (the ``faults`` fixture writes it):
 * ``{ARCH or CANDIDATE: {"kind": "die", "after_epoch": N, "rank": R, "once": true}}``: rank R's
   worker process kills itself with SIGKILL when epoch N + 1 starts (``kill -9``: no exception, no
   cleanup, as the OOM killer or a reclaimed node leaves it);
+* ``{ARCH or CANDIDATE: {"kind": "supervisor", "after_epoch": N}}``: rank 0 kills (SIGKILL) its
+  pool's supervisor process (``ray::_run_pool``, a Ray task on the driver's node) when epoch
+  N + 1 starts, once in the whole test (marker ``fired-supervisor``);
+* ``{ARCH or CANDIDATE: [fault, ...]}``: each of them;
 * ``{ARCH or CANDIDATE: {"kind": "nan"}}``: every epoch's training loss is NaN;
 * ``{"pool": {"kind": "raise"}}``: every pool's workers raise at start;
 * ``{"pool": {"kind": "elsewhere", "root": DIR}}``: trials write their folders under DIR.
@@ -27,6 +31,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 ENV = "DFSEARCH_TEST_FAULTS"
@@ -45,22 +50,51 @@ def _for(*keys) -> dict | None:
     return next((faults[k] for k in keys if k in faults), None)
 
 
+def _all_for(*keys) -> list[dict]:
+    fault = _for(*keys)
+    return fault if isinstance(fault, list) else [fault] if fault else []
+
+
+def _kill_supervisors() -> None:
+    """SIGKILL the pool supervisors of this test process's Ray: the ``ray::_run_pool`` processes
+    whose environment names this faults file (the other test process's Ray names its own)."""
+    ours = f"{ENV}={os.environ[ENV]}".encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::_run_pool") \
+                    and ours in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except OSError:
+            pass  # gone, or not ours to read
+
+
+def _fire(fault: dict, t, epoch: int) -> None:
+    kind = fault.get("kind", "raise")
+    if kind not in ("raise", "die", "supervisor") or epoch != fault.get("after_epoch", 1) \
+            or t.rank != fault.get("rank", 0 if kind == "supervisor" else t.rank):
+        return
+    marker = Path(os.environ[ENV]).with_name("fired-supervisor" if kind == "supervisor" else f"fired-{t.candidate}")
+    if (fault.get("once") or kind == "supervisor") and marker.exists():
+        return
+    marker.touch()
+    if kind == "supervisor":
+        _kill_supervisors()
+        time.sleep(60)  # an epoch on real data: Ray ends this run (its owner died) long before it would report
+    elif kind == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    else:
+        raise RuntimeError(f"injected fault after epoch {epoch}")
+
+
 def _wrap_worker(mod) -> None:
     real = mod.train_one_epoch
 
     def train_one_epoch(t, epoch):
-        fault = _for(t.candidate, t.cfg.arch)
-        kind = (fault or {}).get("kind", "raise")
-        if fault and kind in ("raise", "die") and epoch == fault.get("after_epoch", 1) \
-                and t.rank == fault.get("rank", t.rank):
-            marker = Path(os.environ[ENV]).with_name(f"fired-{t.candidate}")
-            if not (fault.get("once") and marker.exists()):
-                marker.touch()
-                if kind == "die":
-                    os.kill(os.getpid(), signal.SIGKILL)
-                raise RuntimeError(f"injected fault after epoch {epoch}")
+        faults = _all_for(t.candidate, t.cfg.arch)
+        for fault in faults:
+            _fire(fault, t, epoch)
         out = real(t, epoch)
-        if fault and fault.get("kind") == "nan":
+        if any(f.get("kind") == "nan" for f in faults):
             out = {**out, "train_loss": float("nan")}
         return out
 

@@ -251,26 +251,36 @@ def test_two_trials_run_at_once_and_a_crashing_trial_is_recorded(concurrent):
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans
 
 
-def test_a_trial_whose_ddp_worker_is_killed_resumes_from_its_checkpoint_and_says_so(ray_local, easy_data, tmp_path,
-                                                                                     faults):
+def test_a_trial_whose_ddp_worker_or_pool_supervisor_is_killed_resumes_from_its_checkpoint_and_says_so(
+        ray_local, easy_data, tmp_path, faults):
     """``kill -9`` of one of a trial's two DDP workers as its second epoch starts (each trial once):
     the trial resumes from its epoch-1 checkpoint on a fresh worker group and completes; no epoch
-    runs twice; the table and the summary say it was retried and from which epoch. (Its own errors
-    still fail at once: ``test_two_trials_run_at_once_and_a_crashing_trial_is_recorded``.)"""
-    faults({"small_cnn": {"kind": "die", "after_epoch": 1, "rank": 1, "once": True}})
+    runs twice; the table and the summary say it was retried and from which epoch. Then, as the
+    first trial's third epoch starts, ``kill -9`` of its pool's supervisor task (nothing else would
+    tell the broker: the trial would wait for ever): the driver starts the pool again and the trial
+    resumes from epoch 2. (Its own errors still fail at once:
+    ``test_two_trials_run_at_once_and_a_crashing_trial_is_recorded``.)"""
+    faults({"small_cnn": [{"kind": "die", "after_epoch": 1, "rank": 1, "once": True},
+                          {"kind": "supervisor", "after_epoch": 2}]})
+    groups_before = set(ray_local.util.placement_group_table())
     out = tmp_path / "out"
     rc = driver.run(_args(["--space", TINY, "--data", easy_data, "--out", out, "--name", "kill",
                            "--num-samples", 2, "--max-epochs", 3, "--scheduler", "fifo", "--workers-per-trial", 2,
                            "--max-concurrent", 1, "--wandb-mode", "disabled"]))
-    assert len(list(Path(os.environ["DFSEARCH_TEST_FAULTS"]).parent.glob("fired-*"))) == 2  # each was killed
+    fired = sorted(p.name for p in Path(os.environ["DFSEARCH_TEST_FAULTS"]).parent.glob("fired-*"))
+    assert len(fired) == 3 and "fired-supervisor" in fired, fired  # each trial's worker, and one supervisor
     t = pd.read_parquet(out / "kill" / TRIALS_FILE).set_index("trial_id")
     assert rc == 0 and list(t.status) == ["completed", "completed"] and list(t.epochs) == [3, 3]
-    assert list(t.retries) == [1, 1] and list(t.resumed_from) == ["1", "1"], t[["retries", "resumed_from"]]
+    assert sorted(zip(t.retries, t.resumed_from)) == [(1, "1"), (2, "1,2")], t[["retries", "resumed_from"]]
     for d in (out / "kill").glob("trial_fn_*"):  # Tune's record: every epoch once, in order
         assert list(pd.read_csv(d / "progress.csv").epoch) == [1, 2, 3]
     for tid in t.index:
         assert len(list((out / "kill" / "train" / tid).glob("checkpoint_*"))) == 1  # its best, as any trial
     assert sorted(pd.read_parquet(out / "kill" / store.CANDIDATES_FILE).candidate) == sorted(t.index)
+    log = (out / "kill" / "search.log").read_text()
+    assert "dfsearch: worker pool 0: its supervisor process died" in log and "starting it again" in log
+    groups = {k: g for k, g in ray_local.util.placement_group_table().items() if k not in groups_before}
+    assert len(groups) >= 4 and all(g["state"] == "REMOVED" for g in groups.values()), groups  # the dead run's too
 
 
 def test_a_rank_s_own_error_fails_its_trial_even_when_the_other_rank_dies_in_a_collective(ray_local, easy_data,

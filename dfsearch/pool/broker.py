@@ -4,6 +4,8 @@ and messages are in ``dfsearch.pool.protocol``."""
 from __future__ import annotations
 
 import collections
+import dataclasses
+import itertools
 import threading
 
 import ray
@@ -12,12 +14,17 @@ from dfsearch.pool.protocol import (CONTINUE, SHUTDOWN, STOP, Decision, EpochRes
                                     TrialLost, TrialRequest)
 
 
-@ray.remote(num_cpus=0, max_concurrency=1000)
-class Broker:
+class BrokerState:
+    """The broker's logic, a plain class (``Broker`` is this as a Ray actor; tests drive it directly)."""
+
     def __init__(self, n_pools: int):
         self._cv = threading.Condition()
         self._pending: collections.deque[Job] = collections.deque()  # oldest first
         self._running: dict[int, str] = {}         # pool -> trial it runs
+        self._tickets = itertools.count(1)
+        self._ticket: dict[str, int] = {}          # trial -> the ticket of the run it is on now
+        self._generation = collections.Counter()   # pool -> its supervisor's generation (bumped by pool_lost)
+        self._pg: dict[int, str] = {}              # pool -> its current run's placement group (hex id)
         self._taken = collections.Counter()        # pool -> trials taken since its run started
         self._inbox: dict[str, list[Message]] = collections.defaultdict(list)
         self._decision: dict[str, object] = {}     # trial -> (epoch, CONTINUE) | STOP
@@ -58,39 +65,59 @@ class Broker:
             self._cv.notify_all()
 
     # pool side ----------------------------------------------------------
-    def take(self, pool_id: int, timeout: float) -> Job | str | None:
+    def pool_started(self, pool_id: int, generation: int, pg_hex: str) -> None:
         with self._cv:
-            self._restarting.discard(pool_id)
-            self._cv.wait_for(lambda: self._pending or self._closed, timeout)
-            if self._closed:
+            if generation == self._generation[pool_id]:
+                self._pg[pool_id] = pg_hex
+
+    def take(self, pool_id: int, timeout: float, generation: int = 0) -> Job | str | None:
+        def stale():
+            return generation != self._generation[pool_id]
+
+        with self._cv:
+            if not stale():
+                self._restarting.discard(pool_id)
+            self._cv.wait_for(lambda: self._pending or self._closed or stale(), timeout)
+            if self._closed or stale():  # a run whose supervisor died, if it still runs: it must end
                 return SHUTDOWN
             if not self._pending:
                 return None
-            job = self._pending.popleft()
+            job = dataclasses.replace(self._pending.popleft(), ticket=next(self._tickets))
             self._running[pool_id] = job.trial_id
+            self._ticket[job.trial_id] = job.ticket
             self._taken[pool_id] += 1
             return job
 
-    def post(self, trial_id: str, message: Message) -> None:
+    def current(self, trial_id: str, ticket: int) -> bool:
+        """Whether ``ticket`` is the trial's current run (else it is a run the broker gave up on:
+        a pool whose supervisor died, its workers not yet gone)."""
         with self._cv:
+            return self._ticket.get(trial_id) == ticket
+
+    def post(self, trial_id: str, message: Message, ticket: int) -> None:
+        with self._cv:
+            if not self.current(trial_id, ticket):
+                return
             if self._decision.get(trial_id) != STOP:  # nobody listens to a stopped trial
                 self._inbox[trial_id].append(message)
             if not isinstance(message, EpochResult):
                 self._running = {p: t for p, t in self._running.items() if t != trial_id}
+                self._ticket.pop(trial_id, None)
             self._cv.notify_all()
 
-    def raised(self, trial_id: str, failure: TrialFailed) -> None:
+    def raised(self, trial_id: str, failure: TrialFailed, ticket: int) -> None:
         with self._cv:
-            self._raised.setdefault(trial_id, failure)  # the first rank's: the others' may be collateral
+            if self.current(trial_id, ticket):
+                self._raised.setdefault(trial_id, failure)  # the first rank's: the others' may be collateral
 
-    def wait_decision(self, trial_id: str, epoch: int, timeout: float) -> Decision:
+    def wait_decision(self, trial_id: str, epoch: int, timeout: float, ticket: int) -> Decision:
         def decided():
             d = self._decision.get(trial_id)
-            return self._closed or d == STOP or (d is not None and d[0] >= epoch)
+            return self._closed or not self.current(trial_id, ticket) or d == STOP or (d is not None and d[0] >= epoch)
 
         with self._cv:
             ok = self._cv.wait_for(decided, timeout)
-            if self._closed:
+            if self._closed or not self.current(trial_id, ticket):  # SHUTDOWN: it must not write final.json
                 return SHUTDOWN
             return CONTINUE if ok and self._decision.get(trial_id) != STOP else STOP
 
@@ -100,6 +127,17 @@ class Broker:
             self._restarting.add(pool_id)
             taken, self._taken[pool_id] = self._taken[pool_id], 0
             return None if self._closed else taken
+
+    def pool_lost(self, pool_id: int, error: str) -> tuple[int | None, int, str]:
+        """The pool's supervisor (``pools._run_pool``) died, and with it the Train run it owned:
+        its trial gets ``TrialLost``; messages and takes of that run from now on are stale.
+        Returns ``pool_crashed``'s count, the generation the restarted supervisor must use and
+        the lost run's placement group (nobody else frees it), or ''."""
+        with self._cv:
+            self._generation[pool_id] += 1
+            self._cv.notify_all()  # a stale take() waiting inside returns SHUTDOWN
+            taken = self.pool_crashed(pool_id, error, lost=True)
+            return taken, self._generation[pool_id], self._pg.pop(pool_id, "")
 
     def pool_failed(self, pool_id: int, error: str) -> None:
         with self._cv:
@@ -116,6 +154,7 @@ class Broker:
         trial_id = self._running.pop(pool_id, None)
         if trial_id is None:
             return
+        self._ticket.pop(trial_id, None)
         raised = self._raised.pop(trial_id, None)
         if self._decision.get(trial_id) == STOP:
             pass  # Tune ended it already: nobody listens
@@ -132,6 +171,9 @@ class Broker:
             self._closed = True
             self._cv.notify_all()
             return sorted(self._restarting & self._alive)
+
+
+Broker = ray.remote(num_cpus=0, max_concurrency=1000)(BrokerState)
 
 
 def get_broker(name: str):

@@ -1,18 +1,23 @@
 """Start and end the warm pools of a search: ``Pools(n, ...)`` starts the broker and ``n`` pools
-(each a ``TorchTrainer`` run of ``runner.pool_loop``, restarted after a failed trial), hands
-``.broker_name`` to the trials, and ``close()`` ends them."""
+(each a ``TorchTrainer`` run of ``runner.pool_loop`` in a supervisor task, restarted after a failed
+trial; the supervisor itself restarted if its process dies), hands ``.broker_name`` to the trials,
+and ``close()`` ends them."""
 
 from __future__ import annotations
 
 import itertools
+import sys
+import threading
 
 import ray
 
+from dfsearch.cluster import free_placement_group
 from dfsearch.pool.broker import Broker
 
 CRASH_RESTARTS = 2  # a pool gives up after this many failed starts in a row without taking a trial
 WAIT_FOR_ROOM_S = 600.0  # ...or after this long of starts that found no room for its workers (a lost
                          # node, an autoscaler still starting one) without taking a trial
+WATCH_S = 2.0  # the driver looks at the pools' supervisor tasks this often (and at close())
 
 
 def pool_loop_per_worker(cfg: dict) -> None:
@@ -29,7 +34,7 @@ def _error_text(error: BaseException) -> str:
 
 
 @ray.remote(num_cpus=0, max_retries=0)
-def _run_pool(pool_id: int, broker, index, scaling: dict, storage: str, name: str) -> None:
+def _run_pool(pool_id: int, generation: int, broker, index, scaling: dict, storage: str, name: str) -> None:
     """Run one pool's TorchTrainer until the broker shuts it down; after a failure start a fresh
     one, unless the pool keeps failing without taking a trial (then tell the broker it gave up):
     ``CRASH_RESTARTS`` failures of its own, or ``WAIT_FOR_ROOM_S`` of starts that found no room.
@@ -46,7 +51,8 @@ def _run_pool(pool_id: int, broker, index, scaling: dict, storage: str, name: st
     for attempt in itertools.count():
         try:
             error = trainer_class()(
-                pool_loop_per_worker, train_loop_config={"broker": broker, "pool_id": pool_id, "index": index},
+                pool_loop_per_worker,
+                train_loop_config={"broker": broker, "pool_id": pool_id, "generation": generation, "index": index},
                 scaling_config=scaling_config(**scaling),
                 run_config=RunConfig(name=f"{name}-{attempt}", storage_path=storage,
                                      failure_config=FailureConfig(max_failures=0, max_preemption_failures=0,
@@ -91,11 +97,49 @@ class Pools:
         self.broker = Broker.options(name=self.broker_name, scheduling_strategy=here).remote(n)
         scaling = dict(workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
                        gpus_per_worker=gpus_per_worker)
-        self.refs = [_run_pool.options(scheduling_strategy=here).remote(i, self.broker, index, scaling, storage,
-                                                                        f"{name}-pool{i}") for i in range(n)]
+
+        def start(i: int, generation: int):
+            return _run_pool.options(scheduling_strategy=here).remote(
+                i, generation, self.broker, index, scaling, storage, f"{name}-pool{i}-g{generation}")
+
+        self.refs = [start(i, 0) for i in range(n)]
+        self._closing = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, args=(start,), name="dfsearch-pools", daemon=True)
+        self._watcher.start()
+
+    def _watch(self, start) -> None:
+        """Start a pool's supervisor again when its process died (``kill -9``, the OOM killer):
+        Ray ends the Train run it owned, and nobody else would tell the broker, whose trial would
+        wait for ever. ``CRASH_RESTARTS`` deaths in a row without taking a trial: the pool fails
+        (as one that cannot start). A supervisor that returned has ended its pool itself."""
+        watched, deaths = dict(enumerate(self.refs)), dict.fromkeys(range(len(self.refs)), 0)
+        while watched and not self._closing.is_set():
+            ready, _ = ray.wait(list(watched.values()), num_returns=1, timeout=WATCH_S)
+            for i in [i for i, ref in watched.items() if ref in ready]:
+                try:
+                    ray.get(watched.pop(i))
+                    continue
+                except Exception as e:
+                    why = f"its supervisor process died ({_error_text(e)})"
+                taken, generation, pg = ray.get(self.broker.pool_lost.remote(i, why))
+                if pg:  # the dead run's worker group still holds its CPUs/GPUs: the next run needs them
+                    try:
+                        free_placement_group(pg)
+                    except Exception as e:
+                        print(f"dfsearch: worker pool {i}: could not free its placement group: {e}", file=sys.stderr)
+                if taken is None or self._closing.is_set():
+                    continue
+                deaths[i] = 0 if taken else deaths[i] + 1
+                if deaths[i] > CRASH_RESTARTS:
+                    ray.get(self.broker.pool_failed.remote(i, why))
+                    continue
+                print(f"dfsearch: worker pool {i}: {why}; starting it again", file=sys.stderr)
+                self.refs[i] = watched[i] = start(i, generation)
 
     def close(self, timeout: float = 120.0) -> None:
         """End every pool (each finishes its current step and returns, freeing its resources)."""
+        self._closing.set()
+        self._watcher.join(timeout=WATCH_S + 10)
         try:
             restarting = ray.get(self.broker.shutdown.remote(), timeout=10)
             waiting = [r for i, r in enumerate(self.refs) if i not in restarting]

@@ -16,15 +16,20 @@ Contract of the broker (a Ray actor; every call returns at once or after its tim
 * trial side: ``submit(trial_id, request)``; ``fetch(trial_id, timeout)`` -> a list of
   ``EpochResult`` / ``TrialDone`` / ``TrialFailed``; ``decide(trial_id, epoch, CONTINUE)`` once Tune
   took an epoch's result; ``stop(trial_id)`` when Tune ended the trial (ASHA, the epoch budget);
-* pool side: ``take(pool_id, timeout)`` -> a ``Job``, ``None`` (nothing yet) or ``SHUTDOWN``;
-  ``post(trial_id, message)``; ``wait_decision(trial_id, epoch, timeout)`` -> ``CONTINUE``,
-  ``STOP`` (Tune ended the trial, or no word within the timeout) or ``SHUTDOWN`` (the search is
-  ending, e.g. interrupted: the trial did not end, ``--resume`` continues it);
-  ``raised(trial_id, TrialFailed)`` (a rank's exception, held until the pool's run has ended);
+* pool side: ``take(pool_id, timeout, generation)`` -> a ``Job``, ``None`` (nothing yet) or
+  ``SHUTDOWN`` (the search is over, or ``generation`` is not the pool's current one);
+  ``post(trial_id, message, ticket)``; ``wait_decision(trial_id, epoch, timeout, ticket)`` ->
+  ``CONTINUE``, ``STOP`` (Tune ended the trial, or no word within the timeout) or ``SHUTDOWN``
+  (the search is ending, e.g. interrupted: the trial did not end, ``--resume`` continues it; or
+  the ticket is stale); ``raised(trial_id, TrialFailed, ticket)`` (a rank's exception, held until
+  the pool's run has ended); messages with a stale ticket are dropped;
   ``pool_crashed(pool_id, error, lost)`` (its Train run failed: the trial it ran gets ``TrialLost``
   when a worker process or node died, else the exception it raised as ``TrialFailed``; returns
   how many trials the pool took since its run started, or None once the search is over);
-  ``pool_failed(pool_id, error)`` (a pool gave up: with none left, every waiting trial fails).
+  ``pool_failed(pool_id, error)`` (a pool gave up: with none left, every waiting trial fails);
+* driver side (``pools.Pools``): ``pool_lost(pool_id, error)`` (the pool's supervisor task died,
+  and the Train run it owned with it: the trial gets ``TrialLost``, the run's tickets and
+  generation become stale, and the supervisor is started again with the next generation).
 
 A pool's rank 0 talks to the broker and broadcasts each word to the other ranks, so every rank
 stops at the same epoch. After a trial that ended (not cut by the search's end) rank 0 writes its
@@ -42,6 +47,11 @@ verdict comes from the rank failures Train recorded before it shut the group dow
 shutdown unblocks fail in their collectives too, after a rank's own error). A pool
 whose runs keep failing before they take any trial (it cannot start) gives up after
 ``pools.CRASH_RESTARTS`` tries, and the trials fail with its error instead of waiting for ever.
+The supervisor of a pool (a Ray task on the driver's node) is watched by the driver: if its
+process dies (killed, out of memory), nobody else would tell the broker, and the trial it ran
+would wait for ever; the driver does (``pool_lost``) and starts it again. The workers of the run
+it owned die with it, but not at once: the tickets keep what they still send out of the trial's
+next run.
 """
 
 from __future__ import annotations
@@ -71,8 +81,12 @@ class TrialRequest:
 
 @dataclass(frozen=True)
 class Job:
+    """A trial as a pool runs it; ``ticket`` names this run of it (set by ``take``): every message
+    the pool sends about it carries the ticket, and the broker drops those of a run it gave up on."""
+
     trial_id: str
     request: TrialRequest
+    ticket: int = 0
 
 
 @dataclass(frozen=True)

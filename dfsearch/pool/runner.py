@@ -5,6 +5,7 @@ calls the ordinary ``worker.train_loop`` with a ``PoolSession``."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 import shutil
@@ -31,10 +32,11 @@ class PoolSession:
     pg_id = ""  # the pool's placement group outlives this trial: nobody may free it
 
     def __init__(self, broker, job: Job, rank: int):
-        self.broker, self.trial_id, self.rank = broker, job.trial_id, rank
+        self.broker, self.trial_id, self.ticket, self.rank = broker, job.trial_id, job.ticket, rank
         self.trial_dir, self._resume = Path(job.request.trial_dir), job.request.resume
         self.last: dict | None = None  # the last result sent (rank 0)
-        self.cut = False  # the search ended while this trial ran (rank 0): it did not end, --resume continues it
+        self.cut = False  # rank 0: this run did not end the trial (the search ended: --resume continues it; or the
+                          # broker gave this run up: the trial runs again): no final.json
         self.target = None  # a URI --out: the trial's folder there (rank 0 copies each checkpoint to it)
         self.fetched = False  # this copy holds all that is there: pruning may delete there too
         if job.request.trial_uri:
@@ -64,19 +66,26 @@ class PoolSession:
 
         go = True
         if self.rank == 0:
-            metrics = dict(metrics)
-            if checkpoint_dir:
-                final = self.trial_dir / f"checkpoint_e{int(metrics['epoch']):04d}"
-                shutil.rmtree(final, ignore_errors=True)
-                os.replace(checkpoint_dir, final)
-                metrics["checkpoint_path"] = str(final)
-                checkpoint_policy.prune(self.trial_dir, running=True)
-                self.push()
-            self.last = metrics
-            ray.get(self.broker.post.remote(self.trial_id, EpochResult(metrics)))
-            word = ray.get(self.broker.wait_decision.remote(self.trial_id, metrics["epoch"], DECISION_TIMEOUT_S))
+            word = self._send(metrics, checkpoint_dir)
             self.cut, go = word == SHUTDOWN, word == CONTINUE
         return broadcast(go)
+
+    def _send(self, metrics: dict, checkpoint_dir: str | None) -> str:
+        """Rank 0: keep the epoch's checkpoint, post its metrics, wait for the word."""
+        if not ray.get(self.broker.current.remote(self.trial_id, self.ticket)):
+            return SHUTDOWN  # the broker gave this run up (its supervisor died): the trial runs again, write nothing
+        metrics = dict(metrics)
+        if checkpoint_dir:
+            final = self.trial_dir / f"checkpoint_e{int(metrics['epoch']):04d}"
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(checkpoint_dir, final)
+            metrics["checkpoint_path"] = str(final)
+            checkpoint_policy.prune(self.trial_dir, running=True)
+            self.push()
+        self.last = metrics
+        ray.get(self.broker.post.remote(self.trial_id, EpochResult(metrics), self.ticket))
+        return ray.get(self.broker.wait_decision.remote(self.trial_id, metrics["epoch"], DECISION_TIMEOUT_S,
+                                                        self.ticket))
 
 
 def run_trial(broker, job: Job, index, rank: int) -> None:
@@ -92,19 +101,20 @@ def run_trial(broker, job: Job, index, rank: int) -> None:
         train_loop({**asdict(job.request), "index": index}, session)
     except BaseException as e:
         with contextlib.suppress(Exception):
-            ray.get(broker.raised.remote(job.trial_id, TrialFailed(f"{type(e).__name__}: {e}", traceback.format_exc())))
+            ray.get(broker.raised.remote(job.trial_id, TrialFailed(f"{type(e).__name__}: {e}", traceback.format_exc()),
+                                         job.ticket))
         raise
     if rank == 0:
         if session.last is not None and not session.cut:  # it ended (not cut short by the search's end)
             checkpoint_policy.write_final(session.trial_dir, session.last)
             session.push()  # (a cut trial's checkpoints were copied as they were written)
-        ray.get(broker.post.remote(job.trial_id, TrialDone()))
+        ray.get(broker.post.remote(job.trial_id, TrialDone(), job.ticket))
 
 
 def pool_loop(cfg: dict) -> None:
     """Per-worker entry point of a warm pool: take a trial from the broker, run it, take the next,
     until the broker says the search is over. ``cfg``: ``{"broker": actor handle, "pool_id": int,
-    "index": DatasetIndex json or ObjectRef}``."""
+    "generation": int, "index": DatasetIndex json or ObjectRef}``."""
     import ray.train
     import torch
 
@@ -112,9 +122,13 @@ def pool_loop(cfg: dict) -> None:
 
     broker = cfg["broker"]
     rank = ray.train.get_context().get_world_rank()
+    if rank == 0:  # the driver frees it if this run's supervisor dies (then nobody else would)
+        pg = ray.util.get_current_placement_group()
+        ray.get(broker.pool_started.remote(cfg["pool_id"], cfg["generation"], pg.id.hex() if pg else ""))
     index = resolve_index(cfg["index"])
+    take = functools.partial(broker.take.remote, cfg["pool_id"], IDLE_POLL_S, cfg["generation"])
     while True:
-        job = broadcast(ray.get(broker.take.remote(cfg["pool_id"], IDLE_POLL_S)) if rank == 0 else None)
+        job = broadcast(ray.get(take()) if rank == 0 else None)
         if job is None:
             continue
         if job == SHUTDOWN:

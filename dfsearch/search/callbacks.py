@@ -29,6 +29,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from dfsearch import checkpoint_policy, remote, tracking
+from dfsearch.cluster import free_placement_group
 
 PROGRESS_FILE = "trials_progress.jsonl"  # one line per finished trial, written as they finish
 FREE_GRACE_S = 3.0  # how long a finished trial's Train controller gets to remove its placement group
@@ -144,12 +145,7 @@ class FreePlacementGroups(_Bound):
     def _free(self, tid: str) -> None:
         pg_id, _ = self.to_free.pop(tid)
         try:
-            import ray
-            from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
-
-            pg = PlacementGroup(ray.PlacementGroupID.from_hex(pg_id))
-            if placement_group_table(pg).get("state") not in (None, "REMOVED"):
-                remove_placement_group(pg)
+            if free_placement_group(pg_id):
                 self.freed.append(tid)
         except Exception as e:
             _warn(f"could not free the placement group of trial {tid}", e)
