@@ -72,11 +72,18 @@ def best(trial_dir: Path) -> tuple[Path, dict] | None:
     return ckpt, metrics
 
 
-def latest(trial_dir: Path, upto: int | None = None) -> Path | None:
-    """The checkpoint of the last epoch (where an interrupted trial resumes), or None; with
-    ``upto``, of the last epoch up to that one."""
-    found = [(m.get("epoch", 0), c) for c, m in _checkpoints(trial_dir) if upto is None or m.get("epoch", 0) <= upto]
+def latest(trial_dir: Path) -> Path | None:
+    """The checkpoint of the last epoch (where an interrupted trial resumes), or None."""
+    found = [(m.get("epoch", 0), c) for c, m in _checkpoints(trial_dir)]
     return max(found)[1] if found else None
+
+
+def drop_after(trial_dir: Path, epoch: int) -> None:
+    """Delete the checkpoints of the epochs after ``epoch``: a lost run may have written one whose
+    result the search never took (a retry must resume from an epoch it took, or it would see one twice)."""
+    for ckpt, metrics in list(_checkpoints(trial_dir)):
+        if metrics.get("epoch", 0) > epoch:
+            shutil.rmtree(ckpt, ignore_errors=True)
 
 
 def epoch_of(ckpt: Path) -> int:

@@ -65,10 +65,14 @@ class BrokerState:
             self._cv.notify_all()
 
     # pool side ----------------------------------------------------------
-    def pool_started(self, pool_id: int, generation: int, pg_hex: str) -> None:
+    def pool_started(self, pool_id: int, generation: int, pg_hex: str) -> bool:
+        """A pool's run started in placement group ``pg_hex``; False: the run is stale (its
+        supervisor was declared dead meanwhile): it must free its group and end."""
         with self._cv:
-            if generation == self._generation[pool_id]:
-                self._pg[pool_id] = pg_hex
+            if generation != self._generation[pool_id]:
+                return False
+            self._pg[pool_id] = pg_hex
+            return True
 
     def take(self, pool_id: int, timeout: float, generation: int = 0) -> Job | str | None:
         def stale():
@@ -94,16 +98,18 @@ class BrokerState:
         with self._cv:
             return self._ticket.get(trial_id) == ticket
 
-    def post(self, trial_id: str, message: Message, ticket: int) -> None:
+    def post(self, trial_id: str, message: Message, ticket: int) -> bool:
+        """Deliver ``message`` to the trial; False (dropped) when ``ticket`` is stale."""
         with self._cv:
             if not self.current(trial_id, ticket):
-                return
+                return False
             if self._decision.get(trial_id) != STOP:  # nobody listens to a stopped trial
                 self._inbox[trial_id].append(message)
             if not isinstance(message, EpochResult):
                 self._running = {p: t for p, t in self._running.items() if t != trial_id}
                 self._ticket.pop(trial_id, None)
             self._cv.notify_all()
+            return True
 
     def raised(self, trial_id: str, failure: TrialFailed, ticket: int) -> None:
         with self._cv:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import sys
 import threading
+import time
 
 import ray
 
@@ -77,6 +78,17 @@ def _run_pool(pool_id: int, generation: int, broker, index, scaling: dict, stora
             return
 
 
+def _ended_why(ref) -> str | None:
+    """Why a pool's supervisor task ended, or None when it returned (it ended its pool itself)."""
+    try:
+        ray.get(ref)
+        return None
+    except ray.exceptions.RayTaskError as e:  # its own code raised
+        return f"its supervisor failed ({_error_text(e)})"
+    except Exception as e:  # its process died (WorkerCrashedError, Ray's OutOfMemoryError)
+        return f"its supervisor process died ({_error_text(e)})"
+
+
 def driver_node():
     """A scheduling strategy that keeps a task or actor on this (the driver's) node: Ray would
     otherwise place these zero-CPU helpers on any node, a spot worker included, whose loss would
@@ -103,43 +115,54 @@ class Pools:
                 i, generation, self.broker, index, scaling, storage, f"{name}-pool{i}-g{generation}")
 
         self.refs = [start(i, 0) for i in range(n)]
-        self._closing = threading.Event()
+        self._closing, self._lock = threading.Event(), threading.Lock()
         self._watcher = threading.Thread(target=self._watch, args=(start,), name="dfsearch-pools", daemon=True)
         self._watcher.start()
 
     def _watch(self, start) -> None:
-        """Start a pool's supervisor again when its process died (``kill -9``, the OOM killer):
-        Ray ends the Train run it owned, and nobody else would tell the broker, whose trial would
-        wait for ever. ``CRASH_RESTARTS`` deaths in a row without taking a trial: the pool fails
-        (as one that cannot start). A supervisor that returned has ended its pool itself."""
+        """Start a pool's supervisor again when it ended without being told to (its process
+        killed: ``kill -9``, the OOM killer): Ray ends the Train run it owned, and nobody else
+        would tell the broker, whose trial would wait for ever. ``CRASH_RESTARTS`` deaths in a
+        row without taking a trial: the pool fails (as one that cannot start). A supervisor that
+        returned has ended its pool itself."""
         watched, deaths = dict(enumerate(self.refs)), dict.fromkeys(range(len(self.refs)), 0)
         while watched and not self._closing.is_set():
-            ready, _ = ray.wait(list(watched.values()), num_returns=1, timeout=WATCH_S)
-            for i in [i for i, ref in watched.items() if ref in ready]:
-                try:
-                    ray.get(watched.pop(i))
-                    continue
-                except Exception as e:
-                    why = f"its supervisor process died ({_error_text(e)})"
-                taken, generation, pg = ray.get(self.broker.pool_lost.remote(i, why))
-                if pg:  # the dead run's worker group still holds its CPUs/GPUs: the next run needs them
-                    try:
-                        free_placement_group(pg)
-                    except Exception as e:
-                        print(f"dfsearch: worker pool {i}: could not free its placement group: {e}", file=sys.stderr)
-                if taken is None or self._closing.is_set():
-                    continue
-                deaths[i] = 0 if taken else deaths[i] + 1
-                if deaths[i] > CRASH_RESTARTS:
-                    ray.get(self.broker.pool_failed.remote(i, why))
-                    continue
+            try:
+                ready, _ = ray.wait(list(watched.values()), num_returns=1, timeout=WATCH_S)
+                for i in [i for i, ref in watched.items() if ref in ready]:
+                    why = _ended_why(watched.pop(i))
+                    if why is not None:
+                        deaths[i] = self._restart(i, why, deaths[i], start, watched)
+            except Exception as e:  # the watch must go on: without it a lost pool's trial waits for ever
+                if not self._closing.is_set():
+                    print(f"dfsearch: watching the worker pools: {_error_text(e)}", file=sys.stderr)
+                    time.sleep(WATCH_S)
+
+    def _restart(self, i: int, why: str, deaths: int, start, watched: dict) -> int:
+        """Tell the broker that pool ``i`` lost its supervisor, free the placement group its dead
+        run left reserved, start the supervisor again; returns its deaths in a row without a trial."""
+        taken, generation, pg = ray.get(self.broker.pool_lost.remote(i, why))
+        if pg:  # the dead run's worker group still holds its CPUs/GPUs: the next run needs them
+            try:
+                free_placement_group(pg)
+            except Exception as e:
+                print(f"dfsearch: worker pool {i}: could not free its placement group: {e}", file=sys.stderr)
+        if taken is None:  # the search is over
+            return deaths
+        deaths = 0 if taken else deaths + 1
+        if deaths > CRASH_RESTARTS:
+            ray.get(self.broker.pool_failed.remote(i, why))
+            return deaths
+        with self._lock:  # close() sets _closing under it: no supervisor starts after close() began
+            if not self._closing.is_set():
                 print(f"dfsearch: worker pool {i}: {why}; starting it again", file=sys.stderr)
                 self.refs[i] = watched[i] = start(i, generation)
+        return deaths
 
     def close(self, timeout: float = 120.0) -> None:
         """End every pool (each finishes its current step and returns, freeing its resources)."""
-        self._closing.set()
-        self._watcher.join(timeout=WATCH_S + 10)
+        with self._lock:
+            self._closing.set()
         try:
             restarting = ray.get(self.broker.shutdown.remote(), timeout=10)
             waiting = [r for i, r in enumerate(self.refs) if i not in restarting]

@@ -16,6 +16,7 @@ from pathlib import Path
 import ray
 
 from dfsearch import checkpoint_policy, remote
+from dfsearch.cluster import free_placement_group
 from dfsearch.pool.protocol import CONTINUE, SHUTDOWN, EpochResult, Job, TrialDone, TrialFailed
 
 IDLE_POLL_S = 30.0      # an idle pool's rank 0 asks for work this often (and keeps the other ranks in step)
@@ -71,19 +72,24 @@ class PoolSession:
         return broadcast(go)
 
     def _send(self, metrics: dict, checkpoint_dir: str | None) -> str:
-        """Rank 0: keep the epoch's checkpoint, post its metrics, wait for the word."""
-        if not ray.get(self.broker.current.remote(self.trial_id, self.ticket)):
-            return SHUTDOWN  # the broker gave this run up (its supervisor died): the trial runs again, write nothing
+        """Rank 0: put the epoch's checkpoint in place, post its metrics, wait for the word. A post
+        the broker refuses (it gave this run up: its supervisor died) takes the checkpoint back,
+        and the run writes nothing more: the trial runs again from an epoch the search took."""
         metrics = dict(metrics)
+        final = None
         if checkpoint_dir:
             final = self.trial_dir / f"checkpoint_e{int(metrics['epoch']):04d}"
             shutil.rmtree(final, ignore_errors=True)
             os.replace(checkpoint_dir, final)
             metrics["checkpoint_path"] = str(final)
+            self.push()  # before the result: a trial lost after it resumes elsewhere from what reached --out
+        if not ray.get(self.broker.post.remote(self.trial_id, EpochResult(metrics), self.ticket)):
+            if final is not None:
+                shutil.rmtree(final, ignore_errors=True)
+            return SHUTDOWN
+        if final is not None:  # only now: until the search took this epoch, a retry resumes from the one before
             checkpoint_policy.prune(self.trial_dir, running=True)
-            self.push()
         self.last = metrics
-        ray.get(self.broker.post.remote(self.trial_id, EpochResult(metrics), self.ticket))
         return ray.get(self.broker.wait_decision.remote(self.trial_id, metrics["epoch"], DECISION_TIMEOUT_S,
                                                         self.ticket))
 
@@ -122,9 +128,15 @@ def pool_loop(cfg: dict) -> None:
 
     broker = cfg["broker"]
     rank = ray.train.get_context().get_world_rank()
-    if rank == 0:  # the driver frees it if this run's supervisor dies (then nobody else would)
-        pg = ray.util.get_current_placement_group()
-        ray.get(broker.pool_started.remote(cfg["pool_id"], cfg["generation"], pg.id.hex() if pg else ""))
+    pg = ray.util.get_current_placement_group()
+    pg_hex = pg.id.hex() if pg is not None else ""
+    # the driver frees this run's placement group if its supervisor dies (nobody else would then);
+    # a run that starts after that was declared (stale) frees its own and ends
+    started = ray.get(broker.pool_started.remote(cfg["pool_id"], cfg["generation"], pg_hex)) if rank == 0 else None
+    if not broadcast(started):
+        if rank == 0 and pg_hex:
+            free_placement_group(pg_hex)
+        return
     index = resolve_index(cfg["index"])
     take = functools.partial(broker.take.remote, cfg["pool_id"], IDLE_POLL_S, cfg["generation"])
     while True:

@@ -48,8 +48,8 @@ class PoolBackend:
             return
         broker = get_broker(s.broker)
         retried: list[int] = []
-        seen = None  # the last epoch Tune took
-        self._submit(broker, trial_id, train_cfg, trial_dir, trial_uri)  # resumes a search killed while it ran
+        # resumes a search killed while it ran; seen: the last epoch Tune took (or that the trial resumed from)
+        seen = self._submit(broker, trial_id, train_cfg, trial_dir, trial_uri)
         while True:
             for m in ray.get(broker.fetch.remote(trial_id, 10.0)):
                 if isinstance(m, EpochResult):
@@ -62,8 +62,8 @@ class PoolBackend:
                     if len(retried) >= s.max_failures:
                         raise TrialError(f"{m.error} ({len(retried) + 1} times; --max-failures {s.max_failures})")
                     self._pull(trial_dir, trial_uri)  # the checkpoints the lost node had copied there
-                    # from an epoch Tune took: a lost run may have written a later one the broker then refused
-                    retried.append(self._submit(broker, trial_id, train_cfg, trial_dir, trial_uri, upto=seen))
+                    checkpoint_policy.drop_after(trial_dir, seen)
+                    retried.append(self._submit(broker, trial_id, train_cfg, trial_dir, trial_uri))
                     print(f"dfsearch: {m.error}; retry {len(retried)}/{s.max_failures} from epoch {retried[-1]}",
                           file=sys.stderr)
                 else:
@@ -71,14 +71,13 @@ class PoolBackend:
                         print(m.traceback, file=sys.stderr)
                     raise TrialError(m.error)
 
-    def _submit(self, broker, trial_id, train_cfg, trial_dir: Path, trial_uri, upto: int | None = None) -> int:
-        """Queue the trial from its latest checkpoint (up to epoch ``upto``), if any; returns that
-        checkpoint's epoch (0: none)."""
+    def _submit(self, broker, trial_id, train_cfg, trial_dir: Path, trial_uri) -> int:
+        """Queue the trial from its latest checkpoint, if any; returns that checkpoint's epoch (0: none)."""
         import ray
 
         from dfsearch.pool.protocol import TrialRequest
 
-        resume = checkpoint_policy.latest(trial_dir, upto)
+        resume = checkpoint_policy.latest(trial_dir)
         ray.get(broker.submit.remote(trial_id, TrialRequest(
             train=train_cfg.model_dump(), candidate=trial_id, trial_dir=str(trial_dir),
             max_train_batches=self.setup.profile.steps_per_epoch, resume=str(resume) if resume else None,
