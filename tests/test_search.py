@@ -501,7 +501,7 @@ def test_search_to_s3_leaves_everything_there_for_ensemble_and_predict_elsewhere
     with target.fs.open_input_file(f"{target.path}/{TRIALS_FILE}") as f:
         finished = pd.read_parquet(f).query("status != 'failed'").trial_id.tolist()
     assert finished and sorted(cands.trial_id) == sorted(finished)
-    assert all(len(v) == 1 for v in _remote_checkpoints(target, finished).values())  # the best only
+    assert all(len(v) == 1 for v in _remote_checkpoints(target, finished).values()), _remote_checkpoints(target, finished)  # the best only
     for row in cands.itertuples():  # relative to the run folder, and there
         assert not row.checkpoint.startswith("/") and f"{row.checkpoint}/meta.json" in files
     staged = remote.staging_dir(target.uri)

@@ -1,12 +1,25 @@
 """Read W&B offline run files (``offline-run-*/run-*.wandb``) in tests: no server needed."""
 
 import json
+import time
 from pathlib import Path
 
 
-def records(path: Path) -> list:
-    """Records of an offline ``.wandb`` file (a LevelDB-style log: a 7-byte header, then 32 KiB
-    blocks of chunks, each with a 7-byte header: crc32c, little-endian length, type)."""
+def records(path: Path, wait_s: float = 30.0) -> list:
+    """Records of an offline ``.wandb`` file, once it is complete: W&B's service process may still
+    be writing it when ``run.finish()`` has returned (seen once, on a loaded machine: the metrics
+    missing), so it is read again until it holds the run's ``exit`` record (or ``wait_s`` passed)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        out = _parse(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in out) or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def _parse(path: Path) -> list:
+    """A LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks, each with a 7-byte
+    header: crc32c, little-endian length, type."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = Path(path).read_bytes()

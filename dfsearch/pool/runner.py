@@ -27,7 +27,7 @@ class PoolSession:
     """One trial on a warm pool, as ``worker.train_loop`` sees it. Resumes from the checkpoint its
     request names; rank 0 writes checkpoints straight into the trial's folder
     (``checkpoint_eNNNN``, renamed into place when complete; ``checkpoint_policy.prune`` keeps the
-    best and the latest), sends each epoch's metrics to the broker and waits for the word, which
+    best, the one before and the latest: at most three while it runs, the best once it ended), sends each epoch's metrics to the broker and waits for the word, which
     it broadcasts so that every rank stops at the same epoch."""
 
     pg_id = ""  # the pool's placement group outlives this trial: nobody may free it
@@ -78,6 +78,9 @@ class PoolSession:
         metrics = dict(metrics)
         final = None
         if checkpoint_dir:
+            # pruned before this epoch's is in: the latest one kept is then the last the search took
+            # (where a retry resumes if this result is refused), beside the best and this one
+            checkpoint_policy.prune(self.trial_dir, running=True)
             final = self.trial_dir / f"checkpoint_e{int(metrics['epoch']):04d}"
             shutil.rmtree(final, ignore_errors=True)
             os.replace(checkpoint_dir, final)
@@ -87,8 +90,6 @@ class PoolSession:
             if final is not None:
                 shutil.rmtree(final, ignore_errors=True)
             return SHUTDOWN
-        if final is not None:  # only now: until the search took this epoch, a retry resumes from the one before
-            checkpoint_policy.prune(self.trial_dir, running=True)
         self.last = metrics
         return ray.get(self.broker.wait_decision.remote(self.trial_id, metrics["epoch"], DECISION_TIMEOUT_S,
                                                         self.ticket))
