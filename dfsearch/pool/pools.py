@@ -18,7 +18,7 @@ from dfsearch.pool.broker import Broker
 CRASH_RESTARTS = 2  # a pool gives up after this many failed starts in a row without taking a trial
 WAIT_FOR_ROOM_S = 600.0  # ...or after this long of starts that found no room for its workers (a lost
                          # node, an autoscaler still starting one) without taking a trial
-WATCH_S = 2.0  # the driver looks at the pools' supervisor tasks this often (and at close())
+WATCH_S = 2.0  # the driver looks at the pools' supervisor tasks this often
 
 
 def pool_loop_per_worker(cfg: dict) -> None:

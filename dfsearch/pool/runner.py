@@ -27,8 +27,9 @@ class PoolSession:
     """One trial on a warm pool, as ``worker.train_loop`` sees it. Resumes from the checkpoint its
     request names; rank 0 writes checkpoints straight into the trial's folder
     (``checkpoint_eNNNN``, renamed into place when complete; ``checkpoint_policy.prune`` keeps the
-    best, the one before and the latest: at most three while it runs, the best once it ended), sends each epoch's metrics to the broker and waits for the word, which
-    it broadcasts so that every rank stops at the same epoch."""
+    best, the one before and the latest: at most three while it runs, the best once it ended),
+    sends each epoch's metrics to the broker and waits for the word, which it broadcasts so that
+    every rank stops at the same epoch."""
 
     pg_id = ""  # the pool's placement group outlives this trial: nobody may free it
 
