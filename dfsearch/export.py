@@ -321,6 +321,11 @@ def run_exported(path: Path, fmt: str, images: np.ndarray) -> np.ndarray:
         return torch.jit.load(str(path))(torch.from_numpy(images)).numpy().astype(np.float64)
 
 
+def _auc(v: dict) -> str:
+    ci = v.get("roc_auc_ci")  # absent from an ensemble.json made before it was recorded
+    return f"{v['roc_auc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
 def model_card(doc: dict, members, calibration, fmt: str, size: int, check: dict | None,
                dropped: list[dict] = ()) -> str:
     """Markdown: what the model is, what it was trained and selected on, its test metrics with
@@ -364,8 +369,8 @@ def model_card(doc: dict, members, calibration, fmt: str, size: int, check: dict
                           f"{gain['ci'][1]:+.3f}] (paired)."]
         per = (doc.get("comparison") or {}).get("per_source") or {}
         if per:
-            lines += ["", "Per fake source (its fakes against all real test images), ROC-AUC:", ""]
-            lines += [f"- {src}: " + ", ".join(f"{k.replace('_', ' ')} {v['roc_auc']:.3f}" for k, v in rows.items()
+            lines += ["", "Per fake source (its fakes against all real test images), ROC-AUC [95 % bootstrap]:", ""]
+            lines += [f"- {src}: " + ", ".join(f"{k.replace('_', ' ')} {_auc(v)}" for k, v in rows.items()
                                                 if isinstance(v, dict) and "roc_auc" in v)
                       for src, rows in per.items()]
     else:

@@ -176,6 +176,16 @@ def bootstrap_intervals(labels, probs, threshold: float = 0.5, n: int = 1000, se
     return {k: v for k, v in out.items() if v is not None}
 
 
+def auc_interval(labels, probs, n: int = 1000, seed: int = 0, level: float = 0.95) -> list[float] | None:
+    """Percentile bootstrap interval of ROC-AUC alone (``weighted_scores``: every resample at once),
+    for the many small tables (a row per fake source and entry) where ``bootstrap_intervals``'s
+    one-resample-at-a-time AP and EER would cost seconds each. None for ``n`` 0 or one class."""
+    y = np.asarray(labels).astype(int)
+    if n <= 0 or len(np.unique(y)) < 2:
+        return None
+    return _interval(weighted_scores(y, probs, 0.5, resample_weights(len(y), n, seed))["roc_auc"], level)
+
+
 def paired_difference(labels, probs_a, threshold_a: float, probs_b, threshold_b: float, n: int = 1000,
                       seed: int = 0, level: float = 0.95) -> dict:
     """``{"accuracy" | "roc_auc": {"diff", "ci": [lo, hi] | None}}``: metric(a) - metric(b) on the

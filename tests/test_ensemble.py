@@ -576,7 +576,8 @@ def test_comparison_credits_the_ensemble_only_with_what_combining_buys(tmp_path)
 
 def test_per_fake_source_rows_score_each_generator_against_all_real_images(tmp_path):
     """Fakes in fake/<source>/ folders (the benchmark's families): a detector that finds only the
-    blend fakes has AUC ~1 on blend and ~0.5 on upsample, each against all the real images."""
+    blend fakes has AUC ~1 on blend and ~0.5 on upsample, each against all the real images, with a
+    bootstrap interval that holds chance for upsample only."""
     rng = np.random.default_rng(0)
     frames = []
     for split in ("val", "test"):
@@ -586,12 +587,15 @@ def test_per_fake_source_rows_score_each_generator_against_all_real_images(tmp_p
         blend_found = np.r_[rng.uniform(0.1, 0.5, 100), rng.uniform(0.6, 0.9, 50), rng.uniform(0.1, 0.5, 50)]
         frames.append(predictions_frame("blend_finder", split, ids, y, blend_found))
     write_predictions(pd.concat(frames, ignore_index=True), tmp_path / "s")
-    res = run_ensemble(tmp_path / "s", top_k=1, rounds=3, n_boot=0, out_dir=tmp_path / "o")
+    res = run_ensemble(tmp_path / "s", top_k=1, rounds=3, n_boot=200, out_dir=tmp_path / "o")
     per = res["comparison"]["per_source"]
     assert set(per) == {"blend", "upsample"}
     assert per["blend"]["ensemble"]["roc_auc"] == 1.0 and per["blend"]["ensemble"]["n_fake"] == 50
     assert 0.35 < per["upsample"]["ensemble"]["roc_auc"] < 0.65
     assert per["blend"]["ensemble"]["detected"] > per["upsample"]["ensemble"]["detected"]
+    assert per["blend"]["ensemble"]["roc_auc_ci"] == [1.0, 1.0]
+    lo, hi = per["upsample"]["ensemble"]["roc_auc_ci"]
+    assert lo < per["upsample"]["ensemble"]["roc_auc"] < hi and lo < 0.5 < hi and hi - lo < 0.3
     assert re.search(r"blend \(50 fakes\): ensemble 0\.9\d\d / 1\.000", format_summary(res))
 
 

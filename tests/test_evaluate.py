@@ -187,6 +187,20 @@ def test_all_resamples_at_once_score_what_each_resample_scores_alone():
             assert (np.isnan(v[r]) and np.isnan(slow[k])) or v[r] == pytest.approx(slow[k], abs=1e-12), (r, k)
 
 
+def test_the_auc_only_interval_is_the_full_bootstrap_s_auc_interval():
+    """``auc_interval`` (the per-source tables) resamples exactly as ``bootstrap_intervals`` does:
+    the same interval for the same seed; none without both classes or resamples."""
+    from dfsearch.metrics import auc_interval, bootstrap_intervals, roc_auc
+
+    rng = np.random.default_rng(5)
+    y = (rng.random(120) < 0.4).astype(int)
+    p = np.clip(0.3 * y + rng.random(120) * 0.7, 0, 1)
+    ci = auc_interval(y, p, n=300, seed=2)
+    assert ci == bootstrap_intervals(y, p, 0.5, n=300, seed=2)["roc_auc"]
+    assert ci[0] < roc_auc(y, p) < ci[1]
+    assert auc_interval(np.zeros(10), p[:10]) is None and auc_interval(y, p, n=0) is None
+
+
 def test_predict_applies_each_members_own_map_before_averaging(tmp_path, checkpoint):
     """ensemble.json's members[i].calibration (fitted on val before selection) is applied to that
     member's P(fake) before the weighted average; a malformed one names the member and the field."""

@@ -253,6 +253,8 @@ def test_ensemble_section_shows_members_weights_intervals_and_families(run, rend
         lo, hi = map(float, ci.strip("[]").split(", "))
         assert float(acc) == pytest.approx(v["accuracy"], abs=5e-4) and lo <= v["accuracy"] <= hi
         assert int(r["fakes"]) == v["n_fake"]
+        lo, hi = v["roc_auc_ci"]  # the ensemble command's bootstrap, as recorded
+        assert r["ROC-AUC [95 % CI]"] == f"{v['roc_auc']:.3f} [{lo:.3f}, {hi:.3f}]"
     gain = doc["comparison"]["gain"]["accuracy"]
     assert f"accuracy {gain['diff']:+.3f} [{gain['ci'][0]:+.3f}, {gain['ci'][1]:+.3f}]" in page.text["ensemble"]
 

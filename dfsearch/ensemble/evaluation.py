@@ -94,10 +94,10 @@ def compare(pool: Pool, ev: dict, weights: dict[int, float], calibration: dict, 
 
     ``calibration`` is ``calibrate_blend(pool, weights, target_fpr)`` (the ensemble's, computed
     once by the caller). Returns ``{"rows": {name: {"threshold", "test", "ci"}}, "gain": ...,
-    "per_source": {source: {name: {"accuracy", "roc_auc", "n_fake"}}}}``.
+    "per_source": {source: {name: {"accuracy", "roc_auc", "roc_auc_ci", "n_fake", "detected"}}}}``.
     """
     from dfsearch.data.discover import fake_source
-    from dfsearch.metrics import bootstrap_intervals, paired_difference, roc_auc
+    from dfsearch.metrics import auc_interval, bootstrap_intervals, paired_difference, roc_auc
 
     best = {ev["best_single"]["index"]: 1.0}
     naive = {i: 1.0 / len(ev["naive_top_k"]["indices"]) for i in ev["naive_top_k"]["indices"]}
@@ -118,7 +118,9 @@ def compare(pool: Pool, ev: dict, weights: dict[int, float], calibration: dict, 
     for src in sorted({s for s in sources if s is not None}):
         keep = (y == 0) | (sources == src)
         per_source[src] = {name: {"accuracy": float(np.mean((p[keep] >= thr) == (y[keep] == 1))),
-                                  "roc_auc": roc_auc(y[keep], p[keep]), "n_fake": int((sources == src).sum()),
+                                  "roc_auc": roc_auc(y[keep], p[keep]),
+                                  "roc_auc_ci": auc_interval(y[keep], p[keep], n_boot, seed),
+                                  "n_fake": int((sources == src).sum()),
                                   "detected": float(np.mean(p[sources == src] >= thr))}
                            for name, (p, thr) in probs.items()}
     return {"rows": rows, "gain": gain, "per_source": per_source}

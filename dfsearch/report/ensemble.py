@@ -1,12 +1,13 @@
 """The report's ensemble section: ``<run>/ensemble/ensemble.json`` (``dfsearch.ensemble.run``) shown.
 
-Numbers come from the JSON as the ensemble command wrote them (its bootstrap intervals and paired
-gain); the per-family table adds Wilson intervals (binomial, 95 %) on each family's accuracy and
-detection rate, which the counts in the JSON determine. The PR curve and the reliability diagram
-need the ensemble's per-image test probabilities: they are rebuilt from ``predictions.parquet``
-exactly as ``dfsearch predict`` computes them (each member through its own Platt map, the weighted
-average, the blend's map) and checked against the JSON's accuracy before they are drawn. The ROC
-and selection-trajectory plots the ensemble command drew are embedded as they are.
+Numbers come from the JSON as the ensemble command wrote them (its bootstrap intervals, paired
+gain and per-family ROC-AUC intervals); the per-family table adds Wilson intervals (binomial,
+95 %) on each family's accuracy and detection rate, which the counts in the JSON determine. The
+PR curve and the reliability diagram need the ensemble's per-image test probabilities: they are
+rebuilt from ``predictions.parquet`` exactly as ``dfsearch predict`` computes them (each member
+through its own Platt map, the weighted average, the blend's map) and checked against the JSON's
+accuracy before they are drawn. The ROC and selection-trajectory plots the ensemble command drew
+are embedded as they are.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def section(run: RunFolder) -> H.Section:
     if comp.get("per_source"):
         body += [H.h3("Per generator family", "ensemble-families"),
                  H.p("Each family's fakes against all real test images, at each entry's threshold; Wilson 95 % "
-                     "intervals (binomial) on accuracy and on the fraction of that family's fakes detected.",
+                     "intervals (binomial) on accuracy and on the fraction of that family's fakes detected; "
+                     "a percentile bootstrap over those images on ROC-AUC.",
                      "small"),
                  H.table(families_table(comp, _n_real(doc)), id="families")]
     else:
@@ -160,7 +162,7 @@ def families_table(comp: dict, n_real: int | None) -> pd.DataFrame:
             rows.append({"family": fam, "entry": ENTRIES.get(key, key), "fakes": v["n_fake"],
                          "accuracy [95 % CI]": _ci(v["accuracy"], wilson(v["accuracy"], n)),
                          "fakes detected [95 % CI]": _ci(v.get("detected"), wilson(v.get("detected"), v["n_fake"])),
-                         "ROC-AUC": "n/a" if v.get("roc_auc") is None else f"{v['roc_auc']:.3f}"})
+                         "ROC-AUC [95 % CI]": _ci(v.get("roc_auc"), v.get("roc_auc_ci"))})
     return pd.DataFrame(rows)
 
 
