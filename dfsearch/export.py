@@ -321,9 +321,10 @@ def run_exported(path: Path, fmt: str, images: np.ndarray) -> np.ndarray:
         return torch.jit.load(str(path))(torch.from_numpy(images)).numpy().astype(np.float64)
 
 
-def _auc(v: dict) -> str:
-    ci = v.get("roc_auc_ci")  # absent from an ensemble.json made before it was recorded
-    return f"{v['roc_auc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+def _with_ci(value: float, ci) -> str:
+    """``0.812 [0.771, 0.848]``; the value alone where ``ci`` is missing (an ensemble.json written
+    before that interval was recorded, or with ``--bootstrap 0``)."""
+    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def model_card(doc: dict, members, calibration, fmt: str, size: int, check: dict | None,
@@ -361,8 +362,8 @@ def model_card(doc: dict, members, calibration, fmt: str, size: int, check: dict
         lines += ["| | accuracy | ROC-AUC | ECE |", "|---|---|---|---:|"]
         for name, row in comp.items():
             t, ci = row["test"], row.get("ci", {})
-            cell = lambda k: f"{t[k]:.3f}" + (f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if ci.get(k) else "")  # noqa: E731
-            lines.append(f"| {name.replace('_', ' ')} | {cell('accuracy')} | {cell('roc_auc')} | {t.get('ece', float('nan')):.3f} |")
+            lines.append(f"| {name.replace('_', ' ')} | {_with_ci(t['accuracy'], ci.get('accuracy'))} | "
+                         f"{_with_ci(t['roc_auc'], ci.get('roc_auc'))} | {t.get('ece', float('nan')):.3f} |")
         gain = (doc.get("comparison") or {}).get("gain", {}).get("accuracy")
         if gain:
             lines += ["", f"Ensemble minus best single, accuracy: {gain['diff']:+.3f} [{gain['ci'][0]:+.3f}, "
@@ -370,7 +371,8 @@ def model_card(doc: dict, members, calibration, fmt: str, size: int, check: dict
         per = (doc.get("comparison") or {}).get("per_source") or {}
         if per:
             lines += ["", "Per fake source (its fakes against all real test images), ROC-AUC [95 % bootstrap]:", ""]
-            lines += [f"- {src}: " + ", ".join(f"{k.replace('_', ' ')} {_auc(v)}" for k, v in rows.items()
+            lines += [f"- {src}: " + ", ".join(f"{k.replace('_', ' ')} {_with_ci(v['roc_auc'], v.get('roc_auc_ci'))}"
+                                                for k, v in rows.items()
                                                 if isinstance(v, dict) and "roc_auc" in v)
                       for src, rows in per.items()]
     else:
